@@ -1,0 +1,7 @@
+"""`python -m invokeai_ti` runs the same entry point as the `invokeai-ti` console script."""
+
+import sys
+
+from invokeai_ti.cli import main
+
+sys.exit(main())

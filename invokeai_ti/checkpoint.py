@@ -1,0 +1,336 @@
+"""Resumable state and crash-safe writes.
+
+A checkpoint folder `checkpoint-<step>/` holds the trainable vectors and optimizer moments
+(safetensors) and everything else as JSON: progress, RNG states, lr schedule position, the config and
+a fingerprint of what the vectors belong to. Never the frozen model. Every file is written under a
+temporary name, fsynced and renamed, so a folder is complete or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from invokeai_ti.errors import ResumeError, UserError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+PREFIX = "checkpoint-"
+STATE_FILE = "state.json"
+TENSORS_FILE = "vectors.safetensors"
+
+
+@dataclass
+class Progress:
+    """Where training stands: enough, with the seed, to continue the exact same run."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    position: int = 0  # micro-batches of `epoch` already consumed
+    seed: int = 0
+    losses: list[float] = field(default_factory=list)  # one mean loss per optimizer step
+    nonfinite_steps: int = 0
+    nonfinite_streak: int = 0
+
+
+# --- atomic writes -------------------------------------------------------------------------------
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp)` for a temp file beside `path`, fsync it, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(contiguous, str(tmp), metadata=metadata))
+
+
+def save_torch(path: Path, obj: Any) -> Path:
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def _complete_folder(final: Path, fill: Callable[[Path], None]) -> Path:
+    """Fill a temp folder, fsync it, rename it to `final`: the folder appears whole or not at all."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        fill(tmp)
+        for child in tmp.iterdir():
+            with open(child, "rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+# --- RNG state -----------------------------------------------------------------------------------
+
+
+def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Every global RNG: torch (CPU and CUDA) as tensors, numpy and python as JSON."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{index}"] = state
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    python_state = random.getstate()
+    return tensors, {
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        "python": [python_state[0], list(python_state[1]), python_state[2]],
+    }
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], states: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+@dataclass
+class CheckpointState:
+    """What save_checkpoint writes and load_checkpoint returns."""
+
+    progress: Progress
+    vectors: list[torch.Tensor]  # one [num_vectors, dim] per text encoder
+    optimizer: dict[str, Any]  # torch optimizer state_dict
+    fingerprint: dict[str, Any]
+    config_json: str
+    extra: dict[str, Any] = field(default_factory=dict)  # grad scaler etc.
+
+
+def _optimizer_to_files(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, meta = {}, {"param_groups": state["param_groups"], "state": {}}
+    for param_id, param_state in state["state"].items():
+        entry = {}
+        for key, value in param_state.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{param_id}.{key}"] = value
+                entry[key] = {"tensor": f"optimizer.{param_id}.{key}"}
+            else:
+                entry[key] = value
+        meta["state"][str(param_id)] = entry
+    return tensors, meta
+
+
+def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state = {}
+    for param_id, entry in meta["state"].items():
+        state[int(param_id)] = {
+            k: tensors[v["tensor"]] if isinstance(v, dict) and "tensor" in v else v
+            for k, v in entry.items()
+        }
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(output_dir: Path, state: CheckpointState) -> Path:
+    """Write checkpoint-<step>/ atomically; returns the folder."""
+    rng_tensors, rng_json = capture_rng()
+    opt_tensors, opt_json = _optimizer_to_files(state.optimizer)
+    tensors = {f"vectors.{i}": v for i, v in enumerate(state.vectors)}
+    tensors.update(opt_tensors)
+    tensors.update(rng_tensors)
+    document = {
+        "format_version": FORMAT_VERSION,
+        "progress": asdict(state.progress),
+        "fingerprint": state.fingerprint,
+        "config": json.loads(state.config_json),
+        "optimizer": opt_json,
+        "rng": rng_json,
+        "extra": state.extra,
+    }
+
+    def fill(folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                  str(folder / TENSORS_FILE))  # fmt: skip
+        (folder / STATE_FILE).write_text(json.dumps(document, indent=1))
+
+    return _complete_folder(output_dir / f"{PREFIX}{state.progress.step}", fill)
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoint folders, oldest first (temp folders start with '.' and are ignored)."""
+    if not output_dir.is_dir():
+        return []
+    found = []
+    for entry in output_dir.iterdir():
+        suffix = entry.name[len(PREFIX) :]
+        if entry.is_dir() and entry.name.startswith(PREFIX) and suffix.isdigit():
+            if (entry / STATE_FILE).is_file() and (entry / TENSORS_FILE).is_file():
+                found.append((int(suffix), entry))
+    return [path for _, path in sorted(found)]
+
+
+def find_resume_folder(output_dir: Path, resume: str | None) -> Path | None:
+    """`latest` -> the newest complete checkpoint or None; a path must be a checkpoint folder."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        checkpoints = list_checkpoints(output_dir)
+        if not checkpoints:
+            log.info("No checkpoint in %s yet: starting a new run.", output_dir)
+            return None
+        return checkpoints[-1]
+    folder = Path(resume)
+    if not (folder / STATE_FILE).is_file() or not (folder / TENSORS_FILE).is_file():
+        raise ResumeError(
+            f"--resume_from_checkpoint {folder} is not a checkpoint folder (no {STATE_FILE} and "
+            f"{TENSORS_FILE}): give a checkpoint-<step> folder or 'latest'."
+        )
+    return folder
+
+
+def load_checkpoint(folder: Path) -> CheckpointState:
+    """Read a checkpoint without unpickling anything (safetensors + JSON)."""
+    from safetensors.torch import load_file
+
+    try:
+        document = json.loads((folder / STATE_FILE).read_text())
+        tensors = load_file(str(folder / TENSORS_FILE))
+    except (OSError, ValueError) as exc:
+        raise ResumeError(
+            f"--resume_from_checkpoint {folder} is damaged ({exc}): "
+            "pick an older checkpoint folder or delete this one."
+        ) from exc
+    if document.get("format_version") != FORMAT_VERSION:
+        raise ResumeError(
+            f"{folder} was written by an incompatible version (format "
+            f"{document.get('format_version')}, this one reads {FORMAT_VERSION})."
+        )
+    vectors = [tensors[k] for k in sorted(tensors) if k.startswith("vectors.")]
+    rng_tensors = {k: v for k, v in tensors.items() if k.startswith("rng.")}
+    restore_rng(rng_tensors, document["rng"])
+    return CheckpointState(
+        progress=Progress(**document["progress"]),
+        vectors=vectors,
+        optimizer=_optimizer_from_files(tensors, document["optimizer"]),
+        fingerprint=document["fingerprint"],
+        config_json=json.dumps(document["config"]),
+        extra=document.get("extra", {}),
+    )
+
+
+def check_fingerprint(folder: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse a resume whose vectors belong to another model, token, count, size or process count."""
+    differences = [
+        f"{key}: checkpoint has {saved.get(key)!r}, this run has {current[key]!r}"
+        for key in current
+        if saved.get(key) != current[key]
+    ]
+    if differences:
+        raise ResumeError(
+            f"cannot resume from {folder}: {'; '.join(differences)}. Use the same settings, "
+            "another --output_dir, or leave out --resume_from_checkpoint."
+        )
+
+
+def prune_checkpoints(output_dir: Path, keep: int | None) -> list[Path]:
+    """Delete all but the newest `keep` complete checkpoints (called after a new one is complete)."""
+    if keep is None:
+        return []
+    old = list_checkpoints(output_dir)[:-keep]
+    for folder in old:
+        shutil.rmtree(folder, ignore_errors=True)
+    return old
+
+
+# --- stop requests -------------------------------------------------------------------------------
+
+
+class StopRequest:
+    """Ctrl-C / SIGTERM ask the loop to save and stop at the next step boundary; a second
+    Ctrl-C aborts at once."""
+
+    def __init__(self) -> None:
+        self.signal_number: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_number is not None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signal_number or signal.SIGINT)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal_number is not None:
+            raise KeyboardInterrupt
+        self.signal_number = signum
+        log.warning("Stopping: saving a checkpoint at the end of this step (Ctrl-C again aborts).")
+
+    def __enter__(self) -> StopRequest:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread (e.g. the GUI's worker): no handlers
+                pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def check_disk_error(exc: OSError, what: Path) -> UserError:
+    """Turn a failed write (disk full, permissions) into a one-line error; nothing older is lost."""
+    return UserError(
+        f"could not write {what}: {exc.strerror or exc}. Free some space or fix permissions; "
+        "the previous checkpoint is intact, resume with --resume_from_checkpoint=latest.",
+        exit_code=1,
+    )

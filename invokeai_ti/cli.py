@@ -1,0 +1,262 @@
+"""`invokeai-ti`: InvokeAI 2.3's flags parsed into a TrainingConfig, then train / --gui / --inspect.
+
+This is the only place a UserError becomes one line on stderr and an exit code. No torch here, so
+`invokeai-ti --help` is instant; heavy modules are imported inside the actions that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn, Sequence
+
+from invokeai_ti import __version__
+from invokeai_ti.config import (
+    EXPORT_FORMATS,
+    LATEST,
+    LEARNABLE_PROPERTIES,
+    LOG_FORMATS,
+    LR_SCHEDULERS,
+    MIXED_PRECISIONS,
+    REPORT_TO,
+    TrainingConfig,
+)
+from invokeai_ti.errors import UserError
+
+PROG = "invokeai-ti"
+log = logging.getLogger("invokeai_ti")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line and suggests the closest valid one."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments:"):
+            unknown = message.split(":", 1)[1].split()
+            flag = next((arg for arg in unknown if arg.startswith("-")), unknown[0])
+            name = flag.split("=", 1)[0]
+            options = [opt for action in self._actions for opt in action.option_strings]
+            close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+            hint = f" Did you mean {close[0]}?" if close else f" See `{PROG} --help`."
+            message = f"unknown flag {name}.{hint}"
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _resume_value(text: str) -> str:
+    """2.3 compat: 2.3 parsed this as a Path and compared it with "latest", so latest never worked."""
+    if text.strip().lower() == LATEST:
+        return LATEST
+    return os.path.abspath(os.path.expanduser(text))
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text.lower() in ("none", "") else int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainingConfig()
+    on_off = argparse.BooleanOptionalAction
+    p = _Parser(
+        prog=PROG,
+        description="Textual inversion training for Stable Diffusion (InvokeAI 2.3 compatible).",
+        allow_abbrev=False,  # a script's typo must never silently match another flag
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+    g = p.add_argument_group("General")
+    g.add_argument("--front_end", "--gui", dest="front_end", action="store_true",
+                   help="open the terminal front end instead of training from flags")
+    g.add_argument("--root_dir", "--root", dest="root_dir", type=Path,
+                   help="InvokeAI root (default: INVOKEAI_ROOT, $VIRTUAL_ENV/.., ~/invokeai)")
+    g.add_argument("--logging_dir", type=Path, default=d.logging_dir,
+                   help="TensorBoard log folder, relative to --output_dir")
+    g.add_argument("--output_dir", type=Path,
+                   help="checkpoints and embeddings (default: ROOT/text-inversion-output/<trigger>)")
+    g.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+
+    g = p.add_argument_group("Models")
+    g.add_argument("--model", default=d.model,
+                   help="models.yaml name, diffusers folder, .safetensors/.ckpt file or cached hub id")
+    g.add_argument("--revision", help="model revision, for a hub id in the local cache")
+    g.add_argument("--tokenizer_name", help="tokenizer folder or name, if not the model's own")
+
+    g = p.add_argument_group("Data")
+    g.add_argument("--train_data_dir", type=Path,
+                   help="training images (default: ROOT/text-inversion-training-data/<trigger>); "
+                   "relative paths are relative to the current folder")
+    g.add_argument("--resolution", type=int, default=d.resolution, help="training image size (px)")
+    g.add_argument("--center_crop", action=on_off, default=d.center_crop,
+                   help="crop images to a centred square before resizing")
+    g.add_argument("--repeats", type=int, default=d.repeats, help="times each image is used per epoch")
+    g.add_argument("--dataloader_num_workers", type=int, default=d.dataloader_num_workers,
+                   help="threads that decode images")
+    g.add_argument("--cache_latents", action=on_off, default=d.cache_latents,
+                   help="encode each image once with the VAE, then free the VAE")
+
+    g = p.add_argument_group("Trigger term")
+    g.add_argument("--placeholder_token", "--trigger_term", dest="placeholder_token",
+                   help="the new word, e.g. '<my-cat>'")
+    g.add_argument("--learnable_property", choices=LEARNABLE_PROPERTIES, default=d.learnable_property,
+                   help="what the word stands for: object or style prompt templates")
+    g.add_argument("--initializer_token", default=d.initializer_token,
+                   help="one existing token the new vectors start from")
+    g.add_argument("--num_vectors", type=int, default=d.num_vectors, help="vectors per trigger term")
+    g.add_argument("--init_embedding", type=Path,
+                   help="start from an existing embedding file instead of --initializer_token")
+
+    g = p.add_argument_group("Training")
+    g.add_argument("--seed", type=int, help="random seed (default: drawn once, stored in checkpoints)")
+    g.add_argument("--train_batch_size", type=int, default=d.train_batch_size, help="images per step")
+    g.add_argument("--num_train_epochs", type=int, default=d.num_train_epochs,
+                   help="upper bound on epochs; training stops at whichever limit comes first")
+    g.add_argument("--max_train_steps", type=int, default=d.max_train_steps, help="optimizer steps")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=d.gradient_accumulation_steps,
+                   help="batches accumulated per optimizer step")
+    g.add_argument("--gradient_checkpointing", action=on_off, default=d.gradient_checkpointing,
+                   help="trade compute for memory in the UNet and text encoder")
+    g.add_argument("--mixed_precision", choices=MIXED_PRECISIONS, default=d.mixed_precision,
+                   help="frozen weights and activations in half precision (fp16 needs a GPU)")
+    g.add_argument("--allow_tf32", action=on_off, default=d.allow_tf32,
+                   help="allow TF32 matmuls on Ampere and newer GPUs")
+    g.add_argument("--enable_xformers_memory_efficient_attention", action=on_off,
+                   default=d.enable_xformers_memory_efficient_attention,
+                   help="use xformers attention (must be installed; default is PyTorch SDPA)")
+    g.add_argument("--local_rank", type=int, default=d.local_rank,
+                   help="kept for 2.3 compatibility; accelerate launch sets the rank")
+
+    g = p.add_argument_group("Optimizer and schedule")
+    g.add_argument("--learning_rate", type=float, default=d.learning_rate, help="base learning rate")
+    g.add_argument("--scale_lr", action=on_off, default=d.scale_lr,
+                   help="multiply the lr by batch size x accumulation x processes")
+    g.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, default=d.lr_scheduler, help="lr schedule")
+    g.add_argument("--lr_warmup_steps", type=int, default=d.lr_warmup_steps,
+                   help="warmup steps (schedules with warmup)")
+    g.add_argument("--lr_num_cycles", type=int, default=d.lr_num_cycles,
+                   help="restarts for cosine_with_restarts")
+    g.add_argument("--adam_beta1", type=float, default=d.adam_beta1, help="AdamW beta1")
+    g.add_argument("--adam_beta2", type=float, default=d.adam_beta2, help="AdamW beta2")
+    g.add_argument("--adam_weight_decay", type=float, default=d.adam_weight_decay,
+                   help="AdamW weight decay")
+    g.add_argument("--adam_epsilon", type=float, default=d.adam_epsilon, help="AdamW epsilon")
+
+    g = p.add_argument_group("Checkpoints and outputs")
+    g.add_argument("--checkpointing_steps", type=int, default=d.checkpointing_steps,
+                   help="save a resumable checkpoint every N steps")
+    g.add_argument("--checkpoints_total_limit", type=_optional_int,
+                   help="keep only the newest N checkpoints")
+    g.add_argument("--resume_from_checkpoint", type=_resume_value,
+                   help="'latest' or a checkpoint folder; latest with none starts fresh")
+    g.add_argument("--save_steps", type=int, default=d.save_steps,
+                   help="write learned_embeds-steps-N.bin every N steps")
+    g.add_argument("--only_save_embeds", action=on_off, default=d.only_save_embeds,
+                   help="do not save the full pipeline, only the embedding files")
+    g.add_argument("--copy", dest="copy_to_embeddings", action=on_off, default=d.copy_to_embeddings,
+                   help="copy the embedding into ROOT/embeddings/<trigger>/")
+    g.add_argument("--export_format", action="append", choices=EXPORT_FORMATS,
+                   help="output formats, repeatable (default: diffusers)")
+    g.add_argument("--comfyui_embeddings_dir", type=Path,
+                   help="ComfyUI's embeddings folder for --export_format comfyui")
+
+    g = p.add_argument_group("Observability")
+    g.add_argument("--report_to", choices=REPORT_TO, default=d.report_to, help="experiment tracker")
+    g.add_argument("--log_format", choices=LOG_FORMATS, default=d.log_format,
+                   help="progress: tqdm bar on a terminal, plain lines or JSON lines otherwise")
+    g.add_argument("--log_every_steps", type=int, default=d.log_every_steps,
+                   help="steps between plain/json progress lines")
+    g.add_argument("--validation_prompt", help="prompt for validation images (default: a template)")
+    g.add_argument("--num_validation_images", type=int, default=d.num_validation_images,
+                   help="images per validation grid")
+    g.add_argument("--validation_steps", type=int,
+                   help="validate every N steps (default: --save_steps; 0: off)")
+
+    g = p.add_argument_group("Hub")
+    g.add_argument("--push_to_hub", action=on_off, default=d.push_to_hub,
+                   help="upload the output folder to the Hugging Face hub at the end")
+    g.add_argument("--hub_model_id", help="hub repository for --push_to_hub")
+    g.add_argument("--hub_token", help="hub token for --push_to_hub")
+
+    g = p.add_argument_group("Actions")
+    g.add_argument("--dry_run", action="store_true",
+                   help="check root, model, tokens, images and outputs, print the plan, exit")
+    g.add_argument("--eval_only", action="store_true",
+                   help="write the quality report of a finished output folder, no training")
+    g.add_argument("--inspect", type=Path, metavar="FILE", help="describe an embedding file and exit")
+    return p
+
+
+def parse_config(argv: Sequence[str] | None = None) -> tuple[TrainingConfig, argparse.Namespace]:
+    args = build_parser().parse_args(argv)
+    values = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrainingConfig)
+        if hasattr(args, f.name) and getattr(args, f.name) is not None
+    }
+    return TrainingConfig(**values), args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config, args = parse_config(argv)
+    _setup_logging(config.debug)
+    try:
+        return _dispatch(config, args)
+    except UserError as exc:
+        if config.debug:
+            raise
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted before a checkpoint could be saved; nothing to resume from "
+              "this run yet.", file=sys.stderr)
+        return 130
+
+
+def _dispatch(config: TrainingConfig, args: argparse.Namespace) -> int:
+    if args.inspect is not None:
+        from invokeai_ti.formats import describe_embedding_file
+
+        print(describe_embedding_file(args.inspect))
+        return 0
+    if config.front_end:
+        from invokeai_ti.gui import run_gui
+
+        return run_gui(config)
+    from invokeai_ti.root import apply_root_defaults
+
+    config.validate()
+    config = apply_root_defaults(config)
+    if config.eval_only:
+        from invokeai_ti.validation import evaluate_output
+
+        print(evaluate_output(config))
+        return 0
+    from invokeai_ti.training import train
+
+    result = train(config)
+    for line in result.lines:
+        print(line)
+    return result.exit_code
+
+
+def _setup_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not debug:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        for noisy in ("PIL", "matplotlib", "urllib3", "httpx", "filelock", "h5py"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

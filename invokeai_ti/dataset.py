@@ -1,0 +1,209 @@
+"""Training images and prompts: find, decode, resize/crop, flip, templates, and a resumable order.
+
+Only the files directly in the data folder are used (as in 2.3); sub-folders are reported, not read.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from invokeai_ti.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
+
+OBJECT_TEMPLATES = [
+    "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
+    "a photo of a clean {}", "a photo of a dirty {}", "a dark photo of the {}", "a photo of my {}",
+    "a photo of the cool {}", "a close-up photo of a {}", "a bright photo of the {}",
+    "a cropped photo of a {}", "a photo of the {}", "a good photo of the {}", "a photo of one {}",
+    "a close-up photo of the {}", "a rendition of the {}", "a photo of the clean {}",
+    "a rendition of a {}", "a photo of a nice {}", "a good photo of a {}", "a photo of the nice {}",
+    "a photo of the small {}", "a photo of the weird {}", "a photo of the large {}",
+    "a photo of a cool {}", "a photo of a small {}",
+]  # fmt: skip
+STYLE_TEMPLATES = [
+    "a painting in the style of {}", "a rendering in the style of {}",
+    "a cropped painting in the style of {}", "the painting in the style of {}",
+    "a clean painting in the style of {}", "a dirty painting in the style of {}",
+    "a dark painting in the style of {}", "a picture in the style of {}",
+    "a cool painting in the style of {}", "a close-up painting in the style of {}",
+    "a bright painting in the style of {}", "a cropped painting in the style of {}",
+    "a good painting in the style of {}", "a close-up painting in the style of {}",
+    "a rendition in the style of {}", "a nice painting in the style of {}",
+    "a small painting in the style of {}", "a weird painting in the style of {}",
+    "a large painting in the style of {}",
+]  # fmt: skip
+
+
+def templates_for(learnable_property: str) -> list[str]:
+    return STYLE_TEMPLATES if learnable_property == "style" else OBJECT_TEMPLATES
+
+
+@dataclass
+class TrainingImages:
+    """Decoded images as [-1, 1] tensors, both flip states, with what was skipped and why."""
+
+    paths: list[Path]
+    pixels: torch.Tensor  # [num_images, 2 (plain, flipped), 3, H, W] float32
+    skipped: list[tuple[Path, str]]
+
+
+def find_image_files(data_dir: Path) -> list[Path]:
+    if not data_dir.exists():
+        raise DataError(
+            f"--train_data_dir {data_dir} does not exist: create it and put 3-20 images of your "
+            "concept in it, or point --train_data_dir at your images."
+        )
+    if not data_dir.is_dir():
+        raise DataError(f"--train_data_dir {data_dir} is a file, not a folder of images.")
+    files, subfolders = [], []
+    for entry in sorted(data_dir.iterdir()):
+        if entry.name.startswith(".") or entry.name.lower() in IGNORED_NAMES:
+            continue
+        if entry.is_dir():
+            subfolders.append(entry.name)
+        elif entry.suffix.lower() in IMAGE_SUFFIXES:
+            files.append(entry)
+    if subfolders:
+        log.info("Sub-folders of %s are not read: %s", data_dir, ", ".join(subfolders))
+    if not files:
+        raise DataError(
+            f"--train_data_dir {data_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}): "
+            "add 3-20 pictures of your concept."
+        )
+    return files
+
+
+def decode_image(path: Path, resolution: int):
+    """Open one image as RGB with EXIF orientation applied; raise ValueError saying why it is unusable."""
+    from PIL import Image, ImageOps
+
+    if path.stat().st_size == 0:
+        raise ValueError("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                opened.seek(0)  # animated GIF/WebP: the first frame
+                opened.load()
+                image = ImageOps.exif_transpose(opened)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ValueError(f"too large (over {Image.MAX_IMAGE_PIXELS:,} pixels): scale it down")
+    except (OSError, SyntaxError) as exc:
+        raise ValueError(f"not a readable image ({str(exc).splitlines()[0][:80]})")
+    image = _to_rgb(image)
+    if min(image.size) < resolution:
+        log.warning(
+            "%s is %dx%d, smaller than --resolution %d: it is upscaled and may look soft",
+            path.name, image.width, image.height, resolution,
+        )  # fmt: skip
+    return image
+
+
+def _to_rgb(image):
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit greyscale: scale to 8 bits (convert("RGB") would clip almost everything to white).
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if array.max() > 255 else 255.0
+        image = Image.fromarray((array / peak * 255).round().astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        # Transparent areas become white, not the black convert("RGB") gives.
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return image.convert("RGB")
+
+
+def to_pixels(image, resolution: int, center_crop: bool) -> torch.Tensor:
+    """Optional centred square crop, bicubic resize, then [2, 3, H, W] in [-1, 1] (plain, flipped)."""
+    from PIL import Image
+
+    if center_crop:
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    image = image.resize((resolution, resolution), resample=Image.Resampling.BICUBIC)
+    array = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+    return torch.stack([array, array.flip(-1)])
+
+
+def load_training_images(
+    data_dir: Path, resolution: int, center_crop: bool, num_workers: int = 0
+) -> TrainingImages:
+    """Decode every image; unreadable ones are skipped with a warning, none left is an error."""
+    files = find_image_files(data_dir)
+
+    def prepare(path: Path) -> torch.Tensor | str:
+        try:
+            return to_pixels(decode_image(path, resolution), resolution, center_crop)
+        except ValueError as exc:
+            return str(exc)
+
+    if num_workers > 0:
+        with ThreadPoolExecutor(max_workers=num_workers) as pool:
+            results = list(pool.map(prepare, files))
+    else:
+        results = [prepare(path) for path in files]
+    used = [(p, r) for p, r in zip(files, results) if isinstance(r, torch.Tensor)]
+    skipped = [(p, r) for p, r in zip(files, results) if isinstance(r, str)]
+    if skipped:
+        log.warning(
+            "Skipped %d unreadable file(s): %s",
+            len(skipped),
+            "; ".join(f"{p.name} ({why})" for p, why in skipped),
+        )
+    if not used:
+        raise DataError(
+            f"--train_data_dir {data_dir}: none of its {len(files)} image file(s) could be read "
+            "(see the warning above): add PNG or JPEG pictures."
+        )
+    return TrainingImages(
+        paths=[p for p, _ in used], pixels=torch.stack([r for _, r in used]), skipped=skipped
+    )
+
+
+@dataclass
+class Sample:
+    image_index: int
+    flipped: int  # 0 or 1: which flip state's latents to use
+    template_index: int
+
+
+def epoch_samples(
+    num_images: int, repeats: int, num_templates: int, seed: int, epoch: int
+) -> list[Sample]:
+    """The shuffled samples of one epoch: a pure function of (seed, epoch), so resume needs only
+    the epoch and the position in it, not a pickled sampler."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    length = num_images * repeats
+    order = torch.randperm(length, generator=generator).tolist()
+    flips = torch.randint(0, 2, (length,), generator=generator).tolist()
+    templates = torch.randint(0, num_templates, (length,), generator=generator).tolist()
+    return [Sample(i % num_images, f, t) for i, f, t in zip(order, flips, templates)]
+
+
+def micro_batches_per_epoch(num_images: int, repeats: int, batch_size: int, world_size: int) -> int:
+    """Micro-batches one process runs per epoch; every process takes a slice of a global batch."""
+    global_batch = batch_size * world_size
+    return -(-num_images * repeats // global_batch)
+
+
+def micro_batch(
+    samples: list[Sample], index: int, batch_size: int, rank: int, world_size: int
+) -> list[Sample]:
+    """This process's part of global micro-batch `index` (the last one of an epoch may be short)."""
+    start = index * batch_size * world_size + rank * batch_size
+    return samples[start : start + batch_size]

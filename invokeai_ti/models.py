@@ -1,0 +1,168 @@
+"""Load a resolved model source into frozen components with dtype, device and attention set."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from invokeai_ti.config import TrainingConfig
+from invokeai_ti.errors import ModelError, UserError
+from invokeai_ti.root import ModelSource
+
+log = logging.getLogger(__name__)
+
+# Token dimension -> family, as InvokeAI identifies embeddings (SDXL adds a 1280-wide encoder).
+FAMILY_BY_DIM = {768: "sd-1", 1024: "sd-2", 1280: "sdxl"}
+
+
+@dataclass
+class Components:
+    """The frozen model parts a run needs; `vae` is None once latents are cached."""
+
+    tokenizers: list[Any]  # one per text encoder (two for SDXL)
+    text_encoders: list[torch.nn.Module]
+    vae: torch.nn.Module | None
+    unet: torch.nn.Module
+    noise_scheduler: Any
+    family: str  # "sd-1", "sd-2" or "sdxl"
+    source: ModelSource
+    weight_dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def token_dims(self) -> list[int]:
+        return [enc.get_input_embeddings().weight.shape[1] for enc in self.text_encoders]
+
+    @property
+    def prediction_type(self) -> str:
+        return self.noise_scheduler.config.prediction_type
+
+
+def weight_dtype_for(mixed_precision: str, device: torch.device) -> torch.dtype:
+    """Frozen weights in half precision when asked; fp16 only where it runs (a GPU)."""
+    if mixed_precision == "bf16":
+        return torch.bfloat16
+    if mixed_precision == "fp16" and device.type != "cpu":
+        return torch.float16
+    return torch.float32
+
+
+def load_components(config: TrainingConfig, source: ModelSource, device: torch.device) -> Components:
+    """Load tokenizer(s), text encoder(s), VAE, UNet and the DDPM training scheduler, all frozen."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    if source.kind == "single_file":
+        folder = _single_file_as_folder(source)
+    else:
+        folder = source.path
+    _check_pipeline_folder(folder, source.name)
+    dtype = weight_dtype_for(config.mixed_precision, device)
+    kwargs = dict(local_files_only=True)
+    try:
+        tokenizers, encoders = _load_text_side(folder, config, dtype)
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, **kwargs)
+        # The VAE stays fp32: it only runs to fill the latent cache, and SD VAEs overflow in fp16.
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **kwargs)
+        noise_scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler", **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"--model {source.name}: could not load the diffusers pipeline in {folder} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). Reinstall the model."
+        ) from exc
+    for module in (*encoders, unet, vae):
+        module.requires_grad_(False)
+        module.eval()
+        module.to(device)
+    family = "sdxl" if len(encoders) == 2 else _family_of(encoders[0])
+    if source.base and source.base != family:
+        raise ModelError(
+            f"--model {source.name} is registered as {source.base} but the loaded model is {family}: "
+            "fix the model's base in InvokeAI or pick another model."
+        )
+    components = Components(
+        tokenizers=tokenizers,
+        text_encoders=encoders,
+        vae=vae,
+        unet=unet,
+        noise_scheduler=noise_scheduler,
+        family=family,
+        source=source,
+        weight_dtype=dtype,
+        device=device,
+    )
+    set_attention(components, config.enable_xformers_memory_efficient_attention)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        for encoder in encoders:
+            encoder.gradient_checkpointing_enable()
+    return components
+
+
+def _load_text_side(folder: Path, config: TrainingConfig, dtype: torch.dtype):
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    kwargs = dict(local_files_only=True)
+    tokenizer_source = config.tokenizer_name or folder
+    subfolder = None if config.tokenizer_name else "tokenizer"
+    tokenizers = [CLIPTokenizer.from_pretrained(tokenizer_source, subfolder=subfolder, **kwargs)]
+    encoders = [
+        CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=dtype, **kwargs)
+    ]
+    if (folder / "text_encoder_2").is_dir():
+        tokenizers.append(CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2", **kwargs))
+        encoders.append(
+            CLIPTextModelWithProjection.from_pretrained(
+                folder, subfolder="text_encoder_2", torch_dtype=dtype, **kwargs
+            )
+        )
+    return tokenizers, encoders
+
+
+def _family_of(text_encoder: torch.nn.Module) -> str:
+    """SD2 uses OpenCLIP (gelu); SD1 uses OpenAI CLIP (quick_gelu). Tiny models keep that trait."""
+    config = text_encoder.config
+    if config.hidden_size in (768, 1024):
+        return FAMILY_BY_DIM[config.hidden_size]
+    return "sd-2" if config.hidden_act == "gelu" else "sd-1"
+
+
+def _check_pipeline_folder(folder: Path, name: str) -> None:
+    missing = [
+        sub
+        for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+        if not (folder / sub).is_dir()
+    ]
+    if missing:
+        raise ModelError(
+            f"--model {name}: {folder} is not a complete diffusers pipeline "
+            f"(missing {', '.join(missing)}): install the model again or pick another one."
+        )
+
+
+def _single_file_as_folder(source: ModelSource) -> Path:
+    raise ModelError(
+        f"--model {source.path}: single-file checkpoints are not supported yet; "
+        "convert it to a diffusers folder (InvokeAI's model manager can) and pass that folder."
+    )
+
+
+def set_attention(components: Components, xformers: bool) -> None:
+    """PyTorch SDPA is diffusers' default; xformers only when asked, installed and on CUDA."""
+    if not xformers:
+        return
+    if importlib.util.find_spec("xformers") is None:
+        raise UserError(
+            "--enable_xformers_memory_efficient_attention: xformers is not installed; "
+            "`pip install xformers` or leave the flag out (PyTorch SDPA is used)."
+        )
+    if components.device.type != "cuda":
+        raise UserError(
+            "--enable_xformers_memory_efficient_attention needs a CUDA GPU; leave the flag out on "
+            f"{components.device.type}."
+        )
+    components.unet.enable_xformers_memory_efficient_attention()

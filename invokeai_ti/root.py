@@ -1,0 +1,198 @@
+"""The InvokeAI root: where it is, its folder layout, and which model a `--model` value names.
+
+No torch here. Model names resolve to a `ModelSource` that models.py loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from invokeai_ti.config import TrainingConfig
+from invokeai_ti.errors import ModelError, UserError
+
+log = logging.getLogger(__name__)
+
+DATA_FOLDER = "text-inversion-training-data"
+OUTPUT_FOLDER = "text-inversion-output"
+EMBEDDINGS_FOLDER = "embeddings"
+ROOT_MARKERS = ("invokeai.init", "invokeai.yaml")  # 2.3 and 3+
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's weights are: a diffusers folder or a single checkpoint file."""
+
+    path: Path
+    kind: str  # "diffusers" | "single_file"
+    name: str  # what the user asked for, for messages
+    base: str | None = None  # family the registry claims (sd-1, sd-2, sdxl), checked after loading
+
+
+def find_root(root_dir: Path | None) -> Path:
+    """2.3's order: --root_dir, INVOKEAI_ROOT, $VIRTUAL_ENV/.. when it is a root, ~/invokeai."""
+    if root_dir is not None:
+        return _absolute(root_dir)
+    if os.environ.get("INVOKEAI_ROOT"):
+        return _absolute(Path(os.environ["INVOKEAI_ROOT"]))
+    venv = os.environ.get("VIRTUAL_ENV")
+    if venv:
+        parent = Path(venv).expanduser().resolve().parent
+        if any((parent / marker).exists() for marker in ROOT_MARKERS):
+            return parent
+    return Path.home() / "invokeai"
+
+
+def apply_root_defaults(config: TrainingConfig) -> TrainingConfig:
+    """Fill the root, data and output folders; every relative path is relative to the current dir.
+
+    2.3 compat: 2.3 joined a relative --train_data_dir to the root a second time; we do not.
+    """
+    root = find_root(config.root_dir)
+    trigger = config.trigger
+    data_dir = config.train_data_dir or root / DATA_FOLDER / trigger
+    output_dir = config.output_dir or root / OUTPUT_FOLDER / trigger
+    optional = {
+        name: _absolute(getattr(config, name))
+        for name in ("init_embedding", "comfyui_embeddings_dir")
+        if getattr(config, name) is not None
+    }
+    return dataclasses.replace(
+        config,
+        root_dir=root,
+        train_data_dir=_absolute(data_dir),
+        output_dir=_absolute(output_dir),
+        **optional,
+    )
+
+
+def embeddings_dir(root: Path, trigger: str) -> Path:
+    """ROOT/embeddings/<trigger>/, where InvokeAI finds the trained embedding."""
+    return root / EMBEDDINGS_FOLDER / trigger
+
+
+def logging_path(config: TrainingConfig) -> Path:
+    assert config.output_dir is not None  # set by apply_root_defaults
+    return config.output_dir / config.logging_dir
+
+
+def read_models_yaml(root: Path) -> dict[str, dict]:
+    """ROOT/configs/models.yaml as {name: entry}; {} when there is none."""
+    path = root / "configs" / "models.yaml"
+    if not path.is_file():
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise ModelError(f"{path} is not valid YAML{where}: fix or remove that file.") from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"{path} does not hold a mapping of model names: fix or remove that file.")
+    return {name: entry for name, entry in data.items() if isinstance(entry, dict)}
+
+
+def resolve_model(config: TrainingConfig) -> ModelSource:
+    """Turn --model into a ModelSource: models.yaml name, folder, single file, or hub id in the cache."""
+    root = find_root(config.root_dir)
+    name = config.model
+    entries = read_models_yaml(root)
+    if name in entries:
+        return _source_from_yaml_entry(root, name, entries[name], config.revision)
+    path = _absolute(Path(name))
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelError(
+                f"--model {path} is a folder but not a diffusers pipeline (no model_index.json): "
+                "point it at a diffusers model folder."
+            )
+        return ModelSource(path=path, kind="diffusers", name=name)
+    if path.is_file():
+        if path.suffix.lower() not in (".safetensors", ".ckpt", ".pt", ".bin"):
+            raise ModelError(
+                f"--model {path} is not a .safetensors or .ckpt checkpoint or a diffusers folder."
+            )
+        return ModelSource(path=path, kind="single_file", name=name)
+    if _looks_like_repo_id(name):
+        return ModelSource(
+            path=_hub_snapshot(name, config.revision, root), kind="diffusers", name=name
+        )
+    known = ", ".join(sorted(entries)) or f"none (no {root / 'configs' / 'models.yaml'})"
+    raise ModelError(
+        f"--model '{name}' is not a model name in models.yaml, a folder or a file. "
+        f"Known names: {known}."
+    )
+
+
+def _source_from_yaml_entry(root: Path, name: str, entry: dict, revision: str | None) -> ModelSource:
+    fmt = entry.get("format", "diffusers")
+    if fmt == "diffusers":
+        if entry.get("path"):
+            path = _under_root(root, entry["path"])
+            if not (path / "model_index.json").is_file():
+                raise ModelError(
+                    f"models.yaml entry '{name}' points to {path}, which is not a diffusers "
+                    "folder: fix its path or install the model again."
+                )
+            return ModelSource(path=path, kind="diffusers", name=name)
+        if entry.get("repo_id"):
+            return ModelSource(
+                path=_hub_snapshot(entry["repo_id"], revision, root), kind="diffusers", name=name
+            )
+    if fmt in ("ckpt", "checkpoint", "safetensors") and entry.get("weights"):
+        path = _under_root(root, entry["weights"])
+        if not path.is_file():
+            raise ModelError(f"models.yaml entry '{name}' names {path}, which does not exist.")
+        return ModelSource(path=path, kind="single_file", name=name)
+    raise ModelError(
+        f"models.yaml entry '{name}' has format '{fmt}' without a usable path or repo_id: "
+        "use a diffusers model (convert it in InvokeAI's model manager) or pass a folder to --model."
+    )
+
+
+def _hub_snapshot(repo_id: str, revision: str | None, root: Path) -> Path:
+    """A hub model already in a local cache; never downloads (training must not hang offline)."""
+    from huggingface_hub import snapshot_download
+
+    # 2.3 kept diffusers models in ROOT/models (its HF cache); the default HF cache comes next.
+    for cache_dir in (root / "models", None):
+        try:
+            folder = snapshot_download(
+                repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True
+            )
+        except Exception:  # noqa: BLE001 - any failure means "not in this cache"
+            continue
+        return Path(folder)
+    raise ModelError(
+        f"--model '{repo_id}' is not in the local Hugging Face cache and this trainer never "
+        f"downloads: run `huggingface-cli download {repo_id}` (or install it in InvokeAI), "
+        "then try again."
+    )
+
+
+def _looks_like_repo_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
+
+
+def _under_root(root: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else root / path
+
+
+def _absolute(path: Path) -> Path:
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
+def check_writable(folder: Path, flag: str) -> None:
+    """Fail before training, not after hours, when outputs cannot be written."""
+    probe_dir = folder
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not os.access(probe_dir, os.W_OK):
+        raise UserError(f"{flag} {folder} is not writable: choose another folder or fix permissions.")

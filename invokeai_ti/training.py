@@ -1,0 +1,306 @@
+"""The training run: setup() in a fixed order, train_step(), and the loop around it."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from invokeai_ti import checkpoint as ckpt
+from invokeai_ti import dataset, export, latents, optim
+from invokeai_ti.config import TrainingConfig
+from invokeai_ti.embedding import Placeholder, add_placeholder, prompt_text
+from invokeai_ti.errors import TrainingStopped
+from invokeai_ti.models import Components, load_components
+from invokeai_ti.progress import ProgressReporter, RunResult, format_plan
+from invokeai_ti.root import check_writable, logging_path, resolve_model
+
+log = logging.getLogger(__name__)
+MAX_NONFINITE_IN_A_ROW = 10
+
+
+@dataclass
+class Run:
+    config: TrainingConfig
+    components: Components
+    placeholders: list[Placeholder]  # one per text encoder
+    images: dataset.TrainingImages
+    latent_source: latents.LatentSource | None
+    prompt_ids: list[torch.Tensor]  # per tokenizer: [num_templates, max_length]
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    progress: ckpt.Progress
+    total_steps: int
+    micro_per_epoch: int
+    rank: int
+    world_size: int
+    learning_rate: float
+    resumed_from: Any = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        c = self.config
+        return dict(model=c.model, placeholder_token=c.placeholder_token, num_vectors=c.num_vectors,
+                    resolution=c.resolution, token_dims=self.components.token_dims,
+                    world_size=self.world_size)  # fmt: skip
+
+
+def setup(config: TrainingConfig) -> Run:
+    from accelerate import PartialState
+
+    # 1. Processes first: the device decides the weight dtype, the process count the lr and shards.
+    state = PartialState()
+    if config.mixed_precision == "fp16" and state.device.type == "cpu":
+        log.warning("--mixed_precision fp16 needs a GPU; training in fp32 on the CPU.")
+        config = dataclasses.replace(config, mixed_precision="no")
+    if config.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    check_writable(config.output_dir, "--output_dir")
+    # 2. Frozen model, in the dtype the precision and device allow.
+    components = load_components(config, resolve_model(config), state.device)
+    # 3. New tokens need the tokenizers and encoders; the resume check needs their dims.
+    placeholders = [
+        add_placeholder(config, tok, enc)
+        for tok, enc in zip(components.tokenizers, components.text_encoders)
+    ]
+    resume_folder = ckpt.find_resume_folder(config.output_dir, config.resume_from_checkpoint)
+    # 4. Every image decoded now, so a bad file fails before any GPU time is spent.
+    images = dataset.load_training_images(
+        config.train_data_dir, config.resolution, config.center_crop, config.dataloader_num_workers
+    )
+    # 5. Latents need the VAE and the images; the VAE is freed once they are cached.
+    latent_source = None
+    if not config.dry_run:
+        latent_source = latents.build_latent_source(
+            components.vae, images.pixels, config.cache_latents
+        )
+        if config.cache_latents:
+            components.vae = None
+    # 6. Prompts are tokenized once; they need the tokenizers that know the new tokens.
+    templates = [t.format(prompt_text(config)) for t in dataset.templates_for(config.learnable_property)]
+    prompt_ids = [
+        tok(templates, padding="max_length", truncation=True, max_length=tok.model_max_length,
+            return_tensors="pt").input_ids.to(state.device)
+        for tok in components.tokenizers
+    ]  # fmt: skip
+    # 7. Step counts need the image count and the process count; epochs bound the steps too.
+    micro = dataset.micro_batches_per_epoch(
+        len(images.paths), config.repeats, config.train_batch_size, state.num_processes
+    )
+    steps_per_epoch = -(-micro // config.gradient_accumulation_steps)
+    total = min(config.max_train_steps, config.num_train_epochs * steps_per_epoch)
+    # 8. Optimizer over the new vectors only, then the schedule for the known total.
+    lr = optim.scaled_learning_rate(config, state.num_processes)
+    optimizer = optim.build_optimizer(config, [p.vectors for p in placeholders], lr)
+    seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
+    run = Run(config, components, placeholders, images, latent_source, prompt_ids, optimizer,
+              None, torch.amp.GradScaler(state.device.type, enabled=components.weight_dtype
+                                         == torch.float16),
+              ckpt.Progress(seed=seed), total, micro, state.process_index, state.num_processes, lr)  # fmt: skip
+    # 9. Resume last: it loads into the optimizer and may move the schedule's start.
+    if resume_folder is not None:
+        resume(run, resume_folder)
+    run.schedule = optim.build_lr_schedule(config, optimizer, total, run.progress.step)
+    return run
+
+
+def resume(run: Run, folder) -> None:
+    saved = ckpt.load_checkpoint(folder)
+    ckpt.check_fingerprint(folder, saved.fingerprint, run.fingerprint)
+    with torch.no_grad():
+        for placeholder, vectors in zip(run.placeholders, saved.vectors):
+            placeholder.vectors.copy_(vectors)
+    run.optimizer.load_state_dict(saved.optimizer)
+    if "scaler" in saved.extra:
+        run.scaler.load_state_dict(saved.extra["scaler"])
+    run.progress = saved.progress
+    run.resumed_from = folder
+    old_total = TrainingConfig.from_json(saved.config_json).max_train_steps
+    if run.config.max_train_steps > old_total:
+        log.info("Extending the run from %d to %d steps; the lr schedule is recomputed for the "
+                 "new total.", old_total, run.total_steps)  # fmt: skip
+    log.info("Resuming from %s at step %d.", folder, run.progress.step)
+
+
+def train_step(run: Run, samples: list[dataset.Sample], generator: torch.Generator) -> torch.Tensor:
+    """One micro-batch: latents, noise, timesteps, prompts with the current vectors, UNet, loss."""
+    c, device = run.components, run.components.device
+    b, offset = run.config.train_batch_size, run.rank * run.config.train_batch_size
+    global_b = b * run.world_size  # draws are made for the global batch, then sliced, so the
+    mine = slice(offset, offset + len(samples))  # result does not depend on the process count
+    shape = run.latent_source.latent_shape
+    latent_draw = torch.randn((global_b, *shape), generator=generator)[mine]
+    noise = torch.randn((global_b, *shape), generator=generator)[mine].to(device)
+    t = torch.randint(0, c.noise_scheduler.config.num_train_timesteps, (global_b,),
+                      generator=generator)[mine].to(device)  # fmt: skip
+    image_index = torch.tensor([s.image_index for s in samples])
+    flipped = torch.tensor([s.flipped for s in samples])
+    templates = torch.tensor([s.template_index for s in samples], device=device)
+    x0 = run.latent_source.draw(image_index, flipped, latent_draw)  # [B, 4, h, w] scaled
+    x_t = c.noise_scheduler.add_noise(x0, noise, t)
+    half = c.weight_dtype != torch.float32
+    with torch.autocast(device.type, dtype=c.weight_dtype, enabled=half):
+        hidden = c.text_encoders[0](run.prompt_ids[0][templates])[0]  # [B, 77, dim]
+        pred = c.unet(x_t.to(c.weight_dtype), t, hidden.to(c.weight_dtype)).sample
+    if c.prediction_type == "v_prediction":
+        target = c.noise_scheduler.get_velocity(x0, noise, t)
+    else:
+        target = noise
+    return F.mse_loss(pred.float(), target.float())
+
+
+def optimizer_step(run: Run, samples_of_epoch: list[dataset.Sample]) -> float:
+    """Accumulate up to --gradient_accumulation_steps micro-batches (never across an epoch end),
+    average gradients over processes, and update the vectors unless the loss is not finite."""
+    p, cfg = run.progress, run.config
+    count = min(cfg.gradient_accumulation_steps, run.micro_per_epoch - p.position)
+    total_loss = torch.zeros((), device=run.components.device)
+    for micro in range(count):
+        samples = dataset.micro_batch(samples_of_epoch, p.position, cfg.train_batch_size,
+                                      run.rank, run.world_size)  # fmt: skip
+        generator = torch.Generator().manual_seed(((p.seed * 1_000_003 + p.step) * 1009 + micro) % 2**63)
+        if samples:
+            loss = train_step(run, samples, generator)
+            run.scaler.scale(loss / count).backward()
+            total_loss += loss.detach() / count
+        p.position += 1
+    params = [ph.vectors for ph in run.placeholders]
+    if run.world_size > 1:
+        for param in params:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            torch.distributed.all_reduce(param.grad)
+            param.grad /= run.world_size
+        torch.distributed.all_reduce(total_loss)
+        total_loss /= run.world_size
+    loss = total_loss.item()
+    if loss == loss and abs(loss) != float("inf"):
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        p.nonfinite_streak = 0
+    else:
+        p.nonfinite_steps += 1
+        p.nonfinite_streak += 1
+    run.optimizer.zero_grad(set_to_none=True)
+    run.schedule.step()
+    p.step += 1
+    if p.position >= run.micro_per_epoch:
+        p.epoch, p.position = p.epoch + 1, 0
+    return loss
+
+
+def train(config: TrainingConfig) -> RunResult:
+    """Set up, loop until the total or a stop request, then write the final files."""
+    run = setup(config)
+    if config.dry_run:
+        return RunResult(0, format_plan(run))
+    p = run.progress
+    reporter = ProgressReporter(config.log_format, run.total_steps, p.step, config.log_every_steps,
+                                enabled=run.is_main, tracker_dir=logging_path(config),
+                                report_to=config.report_to)  # fmt: skip
+    if p.step >= run.total_steps:
+        reporter.message(f"Already trained {p.step} of {run.total_steps} steps; writing the outputs.")
+    samples, samples_epoch = [], -1
+    with ckpt.StopRequest() as stop:
+        while p.step < run.total_steps:
+            if samples_epoch != p.epoch:
+                samples_epoch = p.epoch
+                samples = dataset.epoch_samples(len(run.images.paths), config.repeats,
+                                                run.prompt_ids[0].shape[0], p.seed, p.epoch)  # fmt: skip
+            last_good = [ph.detached() for ph in run.placeholders]
+            p.losses.append(optimizer_step(run, samples))
+            reporter.step(reporter.stats(p.step, p.losses[-1], run.schedule.get_last_lr()[0]))
+            periodic_jobs(run, reporter)
+            if p.nonfinite_streak >= MAX_NONFINITE_IN_A_ROW:
+                raise_nonfinite(run, last_good)
+            if stop.requested:
+                folder = save_state(run)
+                reporter.finish({"stopped_at": p.step, "checkpoint": str(folder)})
+                return RunResult(stop.exit_code, [
+                    f"Stopped at step {p.step}: checkpoint saved in {folder}.",
+                    "Resume with --resume_from_checkpoint=latest."])  # fmt: skip
+    files = finish(run)
+    reporter.finish({k: str(v) for k, v in dataclasses.asdict(files).items() if v})
+    return RunResult(0, describe_outputs(run, files))
+
+
+def periodic_jobs(run: Run, reporter: ProgressReporter) -> None:
+    """Intermediate embedding every --save_steps, checkpoint every --checkpointing_steps."""
+    step, cfg = run.progress.step, run.config
+    if not run.is_main or step == run.total_steps:
+        return  # the final step is saved by finish()
+    if step % cfg.save_steps == 0:
+        export.save_step_embeds(cfg.output_dir, cfg.placeholder_token, run.placeholders[0].vectors,
+                                step)  # fmt: skip
+    if step % cfg.checkpointing_steps == 0:
+        reporter.message(f"Saved checkpoint {save_state(run)}")
+
+
+def save_state(run: Run):
+    """A complete checkpoint of the current step (main process only), then the total limit."""
+    if not run.is_main:
+        return None
+    state = ckpt.CheckpointState(
+        progress=run.progress,
+        vectors=[ph.vectors for ph in run.placeholders],
+        optimizer=run.optimizer.state_dict(),
+        fingerprint=run.fingerprint,
+        config_json=run.config.to_json(),
+        extra={"scaler": run.scaler.state_dict()} if run.scaler.is_enabled() else {},
+    )
+    try:
+        folder = ckpt.save_checkpoint(run.config.output_dir, state)
+    except OSError as exc:
+        raise ckpt.check_disk_error(exc, run.config.output_dir) from exc
+    ckpt.prune_checkpoints(run.config.output_dir, run.config.checkpoints_total_limit)
+    return folder
+
+
+def raise_nonfinite(run: Run, last_good: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for placeholder, vectors in zip(run.placeholders, last_good):
+            placeholder.vectors.copy_(vectors)
+    files = finish(run) if run.is_main else None
+    where = f" The last good embedding is in {files.embeds_bin}." if files else ""
+    raise TrainingStopped(
+        f"the loss was not finite for {MAX_NONFINITE_IN_A_ROW} steps in a row (step "
+        f"{run.progress.step}).{where} Try --mixed_precision bf16 or no, or a lower --learning_rate."
+    )
+
+
+def finish(run: Run) -> export.ExportedFiles | None:
+    """Final checkpoint (so the run can be extended later) and the embedding files."""
+    if not run.is_main:
+        return None
+    save_state(run)
+    cfg, vectors = run.config, run.placeholders[0].vectors
+    try:
+        files = export.save_final_embeds(cfg, vectors, run.progress.step)
+        if not cfg.only_save_embeds:
+            files.pipeline_dir = export.save_full_pipeline(
+                cfg, run.components.source.path, run.placeholders[0].tokens, vectors.detach()
+            )
+    except OSError as exc:
+        raise ckpt.check_disk_error(exc, cfg.output_dir) from exc
+    return files
+
+
+def describe_outputs(run: Run, files: export.ExportedFiles | None) -> list[str]:
+    if files is None:
+        return []
+    lines = [f"Trained {run.progress.step} steps. Embedding: {files.embeds_bin}"]
+    if files.invokeai_copy:
+        lines.append(f"Copied for InvokeAI to {files.invokeai_copy}")
+    if files.pipeline_dir:
+        lines.append(f"Full pipeline with the new token: {files.pipeline_dir}")
+    return lines
