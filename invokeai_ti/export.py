@@ -90,7 +90,8 @@ def save_full_pipeline(
     assert config.output_dir is not None
     pipe = DiffusionPipeline.from_pretrained(str(model_dir), local_files_only=True)
     pipe.tokenizer.add_tokens(tokens)
-    pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer))
+    # mean_resizing would estimate a covariance over the whole table; the rows are overwritten.
+    pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer), mean_resizing=False)
     ids = pipe.tokenizer.convert_tokens_to_ids(tokens)
     with torch.no_grad():
         weight = pipe.text_encoder.get_input_embeddings().weight
@@ -105,3 +106,29 @@ def save_full_pipeline(
 
 def write_text(path: Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def push_to_hub(config: TrainingConfig) -> str:
+    """Upload the output folder (embeddings, pipeline, logs; not checkpoints) to the hub."""
+    from huggingface_hub import HfApi
+
+    from invokeai_ti.errors import UserError
+
+    assert config.output_dir is not None
+    repo_id = config.hub_model_id or config.trigger
+    api = HfApi(token=config.hub_token)
+    try:
+        repo = api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(
+            repo_id=repo.repo_id,
+            folder_path=str(config.output_dir),
+            ignore_patterns=["checkpoint-*", ".*"],
+        )
+    except Exception as exc:  # noqa: BLE001 - network, auth and offline errors all mean "not uploaded"
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise UserError(
+            f"--push_to_hub: uploading to '{repo_id}' failed ({reason}). The trained files are in "
+            f"{config.output_dir}; check --hub_token / network and upload them later.",
+            exit_code=1,
+        ) from exc
+    return repo.repo_id

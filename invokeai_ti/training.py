@@ -292,6 +292,8 @@ def finish(run: Run) -> export.ExportedFiles | None:
             )
     except OSError as exc:
         raise ckpt.check_disk_error(exc, cfg.output_dir) from exc
+    if cfg.push_to_hub:
+        export.push_to_hub(cfg)
     return files
 
 

@@ -225,3 +225,13 @@ def test_non_diffusers_models_yaml_entry_is_refused(cli, root):
     )
     result = cli("--root_dir", root, "--placeholder_token", "<p>", "--model", "old-ckpt", *TINY_FLAGS)
     assert result.code != 0 and "models.yaml entry 'old-ckpt' has format 'ckpt'" in result.err
+
+
+def test_push_to_hub_offline_fails_after_saving_everything(cli, root, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = cli("--root_dir", root, "--placeholder_token", "<psychedelic>", *TINY_FLAGS,
+                 "--max_train_steps", "1", "--push_to_hub", "--hub_model_id", "me/psychedelic")  # fmt: skip
+    assert result.code == 1
+    assert result.err.strip().splitlines()[-1].startswith(
+        "invokeai-ti: error: --push_to_hub: uploading to 'me/psychedelic' failed")
+    assert (root / "text-inversion-output/psychedelic/learned_embeds.bin").is_file()
