@@ -209,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         if config.debug:
             raise
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under accelerate launch, one copy of the line
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted before a checkpoint could be saved; nothing to resume from "

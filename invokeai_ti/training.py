@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +60,15 @@ def setup(config: TrainingConfig) -> Run:
     from accelerate import PartialState
 
     # 1. Processes first: the device decides the weight dtype, the process count the lr and shards.
-    state = PartialState()
+    # Without a GPU, `accelerate launch --multi_gpu` starts CPU processes: they need cpu=True to
+    # join one gloo group instead of each training alone.
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    state = PartialState(cpu=several and not torch.cuda.is_available())
+    if not state.is_main_process:
+        logging.getLogger("invokeai_ti").setLevel(logging.ERROR)  # one copy of every message
+    elif state.num_processes > 1:
+        log.info("Training on %d processes (%s, %s).", state.num_processes, state.device,
+                 state.backend)  # fmt: skip
     if config.mixed_precision == "fp16" and state.device.type == "cpu":
         log.warning("--mixed_precision fp16 needs a GPU; training in fp32 on the CPU.")
         config = dataclasses.replace(config, mixed_precision="no")
@@ -230,7 +239,10 @@ def train(config: TrainingConfig) -> RunResult:
                     f"Stopped at step {p.step}: checkpoint saved in {folder}.",
                     "Resume with --resume_from_checkpoint=latest."])  # fmt: skip
     files = finish(run)
-    reporter.finish({k: str(v) for k, v in dataclasses.asdict(files).items() if v})
+    if run.world_size > 1:
+        torch.distributed.barrier()  # every process ends after the files exist
+        torch.distributed.destroy_process_group()
+    reporter.finish({k: str(v) for k, v in dataclasses.asdict(files).items() if v} if files else {})
     return RunResult(0, describe_outputs(run, files))
 
 

@@ -1,0 +1,56 @@
+"""`accelerate launch` with two CPU processes (gloo): one embedding, one set of files."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import TINY_FLAGS
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _launch(num_processes: int, *args: str) -> subprocess.CompletedProcess:
+    # No GPU: --multi_gpu makes accelerate start torchrun workers, which join a gloo group.
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+               "--num_processes", str(num_processes), "--num_machines", "1",
+               "--main_process_port", str(_free_port()), "--mixed_precision", "no",
+               "--dynamo_backend", "no", "-m", "invokeai_ti", *args]  # fmt: skip
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env,
+                          stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_embedding_like_one_process_with_twice_the_batch(cli, root, tmp_path):
+    common = ["--root_dir", str(root), "--placeholder_token", "<psychedelic>", *TINY_FLAGS,
+              "--no-copy", "--checkpointing_steps", "2"]  # fmt: skip
+    two = _launch(2, *common, "--train_batch_size", "1", "--output_dir", str(tmp_path / "two"))
+    assert two.returncode == 0, two.stderr[-3000:]
+    # Both ranks joined one group (init_process_group waits for world_size members).
+    assert two.stderr.count("Training on 2 processes") == 1
+    assert two.stdout.count("Trained 4 steps") == 1
+    assert "Traceback" not in two.stderr
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
+        "checkpoint-2", "checkpoint-4", "learned_embeds.bin", "learned_embeds.safetensors",
+    ]  # fmt: skip
+    one = cli(*common, "--train_batch_size", "2", "--output_dir", tmp_path / "one")
+    assert one.code == 0, one.err
+    learned_two = torch.load(tmp_path / "two/learned_embeds.bin", weights_only=True)["<psychedelic>"]
+    learned_one = torch.load(tmp_path / "one/learned_embeds.bin", weights_only=True)["<psychedelic>"]
+    assert torch.allclose(learned_two, learned_one, atol=1e-6)
+
+    # The checkpoint belongs to 2 processes: resuming it with 1 is refused, naming the difference.
+    resumed = cli(*common, "--train_batch_size", "1", "--output_dir", tmp_path / "two",
+                  "--resume_from_checkpoint", "latest", "--max_train_steps", "6")  # fmt: skip
+    assert resumed.code != 0
+    assert "world_size: checkpoint has 2, this run has 1" in resumed.err.strip().splitlines()[-1]
