@@ -12,8 +12,9 @@ import difflib
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import NoReturn
 
 from invokeai_ti import __version__
 from invokeai_ti.config import (

@@ -3,15 +3,11 @@ leaf vectors vs the full-matrix recipe, untouched rows, step bounds."""
 
 from __future__ import annotations
 
-import dataclasses
-import os
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import TINY_FLAGS
 from safetensors.torch import load_file
 
-from conftest import TINY_FLAGS
 from invokeai_ti import training
 from invokeai_ti.cli import parse_config
 from invokeai_ti.root import apply_root_defaults
