@@ -86,11 +86,11 @@ def test_abbreviations_are_refused(cli):
 @pytest.mark.parametrize("argv", [["--help"], ["--version"]])
 def test_help_is_instant_and_imports_no_torch(argv):
     code = (
-        "import sys, runpy; sys.argv = ['invokeai-ti'] + %r\n"
+        f"import sys, runpy; sys.argv = ['invokeai-ti'] + {argv!r}\n"
         "try:\n    runpy.run_module('invokeai_ti', run_name='__main__')\n"
         "except SystemExit:\n    pass\n"
         "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'PIL', 'textual') if m in sys.modules]\n"
-        "print('HEAVY', heavy)" % argv
+        "print('HEAVY', heavy)"
     )
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
