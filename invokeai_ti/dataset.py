@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +56,7 @@ class TrainingImages:
     paths: list[Path]
     pixels: torch.Tensor  # [num_images, 2 (plain, flipped), 3, H, W] float32
     skipped: list[tuple[Path, str]]
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # (height, width) as decoded: SDXL
 
 
 def find_image_files(data_dir: Path) -> list[Path]:
@@ -146,9 +147,10 @@ def load_training_images(
     """Decode every image; unreadable ones are skipped with a warning, none left is an error."""
     files = find_image_files(data_dir)
 
-    def prepare(path: Path) -> torch.Tensor | str:
+    def prepare(path: Path) -> tuple[torch.Tensor, tuple[int, int]] | str:
         try:
-            return to_pixels(decode_image(path, resolution), resolution, center_crop)
+            image = decode_image(path, resolution)
+            return to_pixels(image, resolution, center_crop), (image.height, image.width)
         except ValueError as exc:
             return str(exc)
 
@@ -157,7 +159,7 @@ def load_training_images(
             results = list(pool.map(prepare, files))
     else:
         results = [prepare(path) for path in files]
-    used = [(p, r) for p, r in zip(files, results) if isinstance(r, torch.Tensor)]
+    used = [(p, r) for p, r in zip(files, results) if not isinstance(r, str)]
     skipped = [(p, r) for p, r in zip(files, results) if isinstance(r, str)]
     if skipped:
         log.warning(
@@ -171,7 +173,10 @@ def load_training_images(
             "(see the warning above): add PNG or JPEG pictures."
         )
     return TrainingImages(
-        paths=[p for p, _ in used], pixels=torch.stack([r for _, r in used]), skipped=skipped
+        paths=[p for p, _ in used],
+        pixels=torch.stack([pixels for _, (pixels, _) in used]),
+        skipped=skipped,
+        sizes=[size for _, (_, size) in used],
     )
 
 

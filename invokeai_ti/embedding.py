@@ -111,3 +111,52 @@ def add_placeholder(
 def prompt_text(config: TrainingConfig) -> str:
     """The placeholder as it stands in a prompt: all its tokens, space separated."""
     return " ".join(config.placeholder_tokens)
+
+
+def encode_prompts(
+    components: Any,
+    prompt_ids: list[torch.Tensor],
+    template_index: torch.Tensor,
+    time_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """UNet conditioning for a batch of prompt templates, read with the current vectors.
+
+    SD1/SD2: the last hidden state of the one encoder, [B, 77, dim]. SDXL (two encoders) conditions
+    as its pipeline does at inference: both encoders' penultimate hidden states side by side
+    ([B, 77, 768 + 1280]), plus `added_cond_kwargs` with the second encoder's pooled, projected
+    output and `time_ids` ([B, 6]: original size, crop top-left, target size).
+    """
+    encoders = components.text_encoders
+    if len(encoders) == 1:
+        return encoders[0](prompt_ids[0][template_index])[0], None
+    outputs = [
+        encoder(ids[template_index], output_hidden_states=True)
+        for encoder, ids in zip(encoders, prompt_ids)
+    ]
+    hidden = torch.cat([out.hidden_states[-2] for out in outputs], dim=-1)
+    pooled = outputs[-1].text_embeds  # [B, projection_dim]
+    if time_ids is None:
+        raise ValueError("SDXL conditioning needs time_ids")
+    return hidden, {"text_embeds": pooled, "time_ids": time_ids.to(pooled.device, pooled.dtype)}
+
+
+def sdxl_time_ids(
+    sizes: list[tuple[int, int]], resolution: int, center_crop: bool
+) -> torch.Tensor:
+    """SDXL's size and crop conditioning per training image, [num_images, 6]:
+    (original height, width, crop top, crop left, target height, width).
+
+    `sizes` are the images' (height, width) as decoded. With --center_crop the crop offsets are
+    those of the centred square in the resized image's pixels, as SDXL was trained; without it the
+    whole image is resized (no crop). A flipped image keeps its offsets: for a centred crop they
+    differ by at most one pixel.
+    """
+    rows = []
+    for height, width in sizes:
+        top = left = 0
+        if center_crop:
+            side = min(height, width)
+            scale = resolution / side
+            top, left = round((height - side) // 2 * scale), round((width - side) // 2 * scale)
+        rows.append([height, width, top, left, resolution, resolution])
+    return torch.tensor(rows, dtype=torch.float32)

@@ -1,39 +1,73 @@
-"""Final and intermediate embedding files, the copy into ROOT/embeddings/<trigger>/, the full pipeline.
+"""Final and intermediate embedding files in every tool's layout, the copy into ROOT/embeddings/<trigger>/,
+and the full pipeline.
 
+`vectors` is always one [n, dim] tensor per text encoder: one for SD1/SD2, [clip_l, clip_g] for SDXL.
 2.3 compat: one vector is written 1-D `{token: tensor[dim]}`; InvokeAI (2.3 and today) reads the
 token dimension of such a file from shape[0], so the [1, dim] diffusers writes would be rejected.
+InvokeAI reads `string_to_param`, `emb_params` and `clip_g` by shape[-1], so those hold [n, dim].
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from invokeai_ti.checkpoint import atomic_write, save_tensors, save_torch
 from invokeai_ti.config import TrainingConfig
-from invokeai_ti.root import embeddings_dir
+from invokeai_ti.root import ModelSource, embeddings_dir
 
 log = logging.getLogger(__name__)
+
+SDXL_KEYS = ("clip_l", "clip_g")  # the text encoders' order in an SDXL pipeline
+# A1111 stores the id of "*" in the CLIP vocabulary here; every loader ignores the value.
+A1111_STAR_TOKEN_ID = 265
 
 
 @dataclass
 class ExportedFiles:
     """Paths written at the end of a run, for the final lines the CLI prints."""
 
-    embeds_bin: Path
-    embeds_safetensors: Path
+    embeds_bin: Path | None  # learned_embeds.bin (SD1/SD2 with the diffusers format)
+    embeds_safetensors: Path | None  # learned_embeds.safetensors (SDXL: clip_l + clip_g)
     invokeai_copy: Path | None = None
     pipeline_dir: Path | None = None
+    others: list[Path] = field(default_factory=list)  # per-encoder, A1111 and ComfyUI files
+
+    @property
+    def main(self) -> Path:
+        """The file to name first: the 2.3 .bin, else the first file written."""
+        return self.embeds_bin or self.embeds_safetensors or self.others[0]
+
+
+def _cpu(vectors: torch.Tensor) -> torch.Tensor:
+    return vectors.detach().float().cpu().clone()
 
 
 def diffusers_layout(token: str, vectors: torch.Tensor) -> dict[str, torch.Tensor]:
     """`{token: [dim]}` for one vector, `{token: [n, dim]}` for several (diffusers names the
     extra tokens token_1, token_2, ... when loading)."""
-    vectors = vectors.detach().float().cpu()
-    return {token: vectors[0].clone() if vectors.shape[0] == 1 else vectors.clone()}
+    vectors = _cpu(vectors)
+    return {token: vectors[0] if vectors.shape[0] == 1 else vectors}
+
+
+def sdxl_layout(vectors: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`{clip_l: [n, 768], clip_g: [n, 1280]}`: what InvokeAI 3+, A1111 and ComfyUI load for SDXL."""
+    return {key: _cpu(v) for key, v in zip(SDXL_KEYS, vectors)}
+
+
+def invokeai_layout(token: str, vectors: list[torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
+    """The file name and tensors InvokeAI identifies correctly: a 1-D {token: [dim]} for one vector,
+    `emb_params` [n, dim] for several, clip_l/clip_g for SDXL. A multi-vector {token: [n, dim]}
+    would be read as dimension n, so it never goes into an InvokeAI embeddings folder."""
+    if len(vectors) == 2:
+        return "{trigger}.safetensors", sdxl_layout(vectors)
+    if vectors[0].shape[0] == 1:
+        return "learned_embeds.bin", diffusers_layout(token, vectors[0])
+    return "{trigger}.safetensors", {"emb_params": _cpu(vectors[0])}
 
 
 def save_learned_embeds(path: Path, token: str, vectors: torch.Tensor) -> Path:
@@ -41,61 +75,151 @@ def save_learned_embeds(path: Path, token: str, vectors: torch.Tensor) -> Path:
     return save_torch(path, diffusers_layout(token, vectors))
 
 
-def save_step_embeds(output_dir: Path, token: str, vectors: torch.Tensor, step: int) -> Path:
-    return save_learned_embeds(output_dir / f"learned_embeds-steps-{step}.bin", token, vectors)
+def save_step_embeds(
+    output_dir: Path, token: str, vectors: list[torch.Tensor], step: int
+) -> Path:
+    """learned_embeds-steps-N.bin (2.3's name) for one encoder, .safetensors with clip_l/clip_g for SDXL."""
+    if len(vectors) == 2:
+        target = output_dir / f"learned_embeds-steps-{step}.safetensors"
+        return save_tensors(target, sdxl_layout(vectors), metadata=_metadata(token, step, "sdxl"))
+    return save_learned_embeds(output_dir / f"learned_embeds-steps-{step}.bin", token, vectors[0])
+
+
+def _metadata(token: str, step: int, fmt: str) -> dict[str, str]:
+    return {"trigger": token, "step": str(step), "format": fmt}
 
 
 def save_final_embeds(
-    config: TrainingConfig, vectors: torch.Tensor, trained_steps: int
+    config: TrainingConfig,
+    vectors: list[torch.Tensor],
+    trained_steps: int,
+    source: ModelSource | None = None,
 ) -> ExportedFiles:
-    """learned_embeds.bin/.safetensors in the output folder, plus the InvokeAI copy unless --no-copy."""
+    """Every --export_format in the output folder, plus the InvokeAI copy unless --no-copy."""
     assert config.output_dir is not None and config.root_dir is not None
     token = config.placeholder_token or ""
-    layout = diffusers_layout(token, vectors)
-    files = ExportedFiles(
-        embeds_bin=save_torch(config.output_dir / "learned_embeds.bin", layout),
-        embeds_safetensors=save_tensors(
-            config.output_dir / "learned_embeds.safetensors",
-            layout,
-            metadata={"trigger": token, "step": str(trained_steps), "format": "diffusers"},
-        ),
-    )
+    files = ExportedFiles(embeds_bin=None, embeds_safetensors=None)
+    if "diffusers" in config.export_format:
+        _save_diffusers(config.output_dir, token, vectors, trained_steps, files)
+    if "a1111" in config.export_format:
+        files.others += save_a1111(config.output_dir, config.trigger, vectors, trained_steps, source)
+    comfyui_dir = config.comfyui_embeddings_dir or config.output_dir
+    if "comfyui" in config.export_format and not (
+        "a1111" in config.export_format and comfyui_dir == config.output_dir
+    ):  # ComfyUI reads A1111's files; without its own folder they are the same files
+        files.others += save_a1111(comfyui_dir, config.trigger, vectors, trained_steps, source)
     if config.copy_to_embeddings:
         files.invokeai_copy = copy_to_invokeai(config.root_dir, config.trigger, token, vectors)
     return files
 
 
-def copy_to_invokeai(root: Path, trigger: str, token: str, vectors: torch.Tensor) -> Path:
-    """ROOT/embeddings/<trigger>/: learned_embeds.bin for one vector, <trigger>.safetensors with
-    `emb_params` [n, dim] for several. InvokeAI probes every file in the folder, so it holds only
-    the file this run wrote."""
-    folder = embeddings_dir(root, trigger)
-    bin_path = folder / "learned_embeds.bin"
-    multi_path = folder / f"{trigger}.safetensors"
-    if vectors.shape[0] == 1:
-        target = save_learned_embeds(bin_path, token, vectors)
-        multi_path.unlink(missing_ok=True)
+def _save_diffusers(
+    output_dir: Path, token: str, vectors: list[torch.Tensor], step: int, files: ExportedFiles
+) -> None:
+    """SD1/SD2: learned_embeds.bin + .safetensors as {token: tensor}. SDXL: learned_embeds.safetensors
+    with clip_l/clip_g, plus one {token: tensor} file per encoder for diffusers' load_textual_inversion."""
+    if len(vectors) == 1:
+        layout = diffusers_layout(token, vectors[0])
+        files.embeds_bin = save_torch(output_dir / "learned_embeds.bin", layout)
+        files.embeds_safetensors = save_tensors(
+            output_dir / "learned_embeds.safetensors", layout, _metadata(token, step, "diffusers")
+        )
+        return
+    files.embeds_safetensors = save_tensors(
+        output_dir / "learned_embeds.safetensors", sdxl_layout(vectors), _metadata(token, step, "sdxl")
+    )
+    for key, encoder_vectors in zip(SDXL_KEYS, vectors):
+        files.others.append(
+            save_tensors(
+                output_dir / f"learned_embeds_{key}.safetensors",
+                diffusers_layout(token, encoder_vectors),
+                _metadata(token, step, f"diffusers-{key}"),
+            )
+        )
+
+
+def a1111_fields(trigger: str, step: int, source: ModelSource | None) -> dict:
+    """The fields A1111 writes next to the vectors; it names the model by its short hash."""
+    name = None
+    if source is not None:
+        name = source.path.stem if source.kind == "single_file" else source.name
+    return {
+        "name": trigger,
+        "step": step,
+        "sd_checkpoint": model_short_hash(source),
+        "sd_checkpoint_name": name,
+    }
+
+
+def save_a1111(
+    folder: Path, trigger: str, vectors: list[torch.Tensor], step: int, source: ModelSource | None
+) -> list[Path]:
+    """<trigger>.pt and <trigger>.safetensors as A1111 (and ComfyUI) load them; they take the trigger
+    from the file name. SD1/SD2: string_to_param {'*': [n, dim]} in the .pt, emb_params [n, dim] in
+    the .safetensors. SDXL: clip_l/clip_g in both."""
+    fields = a1111_fields(trigger, step, source)
+    if len(vectors) == 2:
+        tensors = sdxl_layout(vectors)
+        pt_data = {**tensors, **fields}
     else:
-        target = save_tensors(multi_path, {"emb_params": vectors.detach().float().cpu()})
-        bin_path.unlink(missing_ok=True)
-    return target
+        tensors = {"emb_params": _cpu(vectors[0])}
+        pt_data = {
+            "string_to_token": {"*": A1111_STAR_TOKEN_ID},
+            "string_to_param": {"*": _cpu(vectors[0])},
+            **fields,
+        }
+    metadata = {key: str(value) for key, value in fields.items() if value is not None}
+    return [
+        save_torch(folder / f"{trigger}.pt", pt_data),
+        save_tensors(folder / f"{trigger}.safetensors", tensors, metadata=metadata),
+    ]
+
+
+def model_short_hash(source: ModelSource | None) -> str | None:
+    """A1111's `shorthash`: the first 10 hex digits of the checkpoint file's sha256 (None for a
+    diffusers folder, which A1111 cannot load anyway)."""
+    if source is None or source.kind != "single_file" or not source.path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(source.path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()[:10]
+
+
+def copy_to_invokeai(root: Path, trigger: str, token: str, vectors: list[torch.Tensor]) -> Path:
+    """ROOT/embeddings/<trigger>/: learned_embeds.bin for one vector, <trigger>.safetensors with
+    `emb_params` [n, dim] for several or clip_l/clip_g for SDXL. InvokeAI probes every file in the
+    folder, so it holds only the file this run wrote."""
+    folder = embeddings_dir(root, trigger)
+    name, tensors = invokeai_layout(token, vectors)
+    target = folder / name.format(trigger=trigger)
+    for stale in (folder / "learned_embeds.bin", folder / f"{trigger}.safetensors"):
+        if stale != target:
+            stale.unlink(missing_ok=True)
+    if target.suffix == ".bin":
+        return save_torch(target, tensors)
+    return save_tensors(target, tensors)
 
 
 def save_full_pipeline(
-    config: TrainingConfig, model_dir: Path, tokens: list[str], vectors: torch.Tensor
+    config: TrainingConfig, source: ModelSource, tokens: list[str], vectors: list[torch.Tensor]
 ) -> Path:
-    """A diffusers pipeline folder whose tokenizer and text encoder know the new tokens."""
-    from diffusers import DiffusionPipeline
+    """A diffusers pipeline folder whose tokenizer(s) and text encoder(s) know the new tokens."""
+    from invokeai_ti.models import load_pipeline
 
     assert config.output_dir is not None
-    pipe = DiffusionPipeline.from_pretrained(str(model_dir), local_files_only=True)
-    pipe.tokenizer.add_tokens(tokens)
-    # mean_resizing would estimate a covariance over the whole table; the rows are overwritten.
-    pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer), mean_resizing=False)
-    ids = pipe.tokenizer.convert_tokens_to_ids(tokens)
-    with torch.no_grad():
-        weight = pipe.text_encoder.get_input_embeddings().weight
-        weight[ids] = vectors.to(weight.dtype)
+    pipe = load_pipeline(config, source)
+    pairs = [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")][: len(vectors)]
+    for (tokenizer_name, encoder_name), encoder_vectors in zip(pairs, vectors):
+        tokenizer, encoder = getattr(pipe, tokenizer_name), getattr(pipe, encoder_name)
+        tokenizer.add_tokens(tokens)
+        # mean_resizing would estimate a covariance over the whole table; the rows are overwritten.
+        encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        ids = tokenizer.convert_tokens_to_ids(tokens)
+        with torch.no_grad():
+            weight = encoder.get_input_embeddings().weight
+            weight[ids] = encoder_vectors.detach().to(weight.device, weight.dtype)
     target = config.output_dir
     # save_pretrained writes many files; each is small next to the weights, which it writes
     # itself. The pipeline is rewritten whole at the end of a run, so a crash here loses nothing

@@ -54,26 +54,22 @@ def weight_dtype_for(mixed_precision: str, device: torch.device) -> torch.dtype:
 
 def load_components(config: TrainingConfig, source: ModelSource, device: torch.device) -> Components:
     """Load tokenizer(s), text encoder(s), VAE, UNet and the DDPM training scheduler, all frozen."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler
 
-    if source.kind == "single_file":
-        folder = _single_file_as_folder(source)
-    else:
-        folder = source.path
-    _check_pipeline_folder(folder, source.name)
     dtype = weight_dtype_for(config.mixed_precision, device)
-    kwargs = dict(local_files_only=True)
-    try:
-        tokenizers, encoders = _load_text_side(folder, config, dtype)
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, **kwargs)
-        # The VAE stays fp32: it only runs to fill the latent cache, and SD VAEs overflow in fp16.
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **kwargs)
-        noise_scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler", **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ModelError(
-            f"--model {source.name}: could not load the diffusers pipeline in {folder} "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). Reinstall the model."
-        ) from exc
+    if source.kind == "single_file":
+        from invokeai_ti.single_file import load_single_file_pipeline
+
+        pipe = load_single_file_pipeline(source, config.root_dir)
+        tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if hasattr(pipe, "tokenizer_2") else [])
+        encoders = [pipe.text_encoder] + (
+            [pipe.text_encoder_2] if hasattr(pipe, "text_encoder_2") else []
+        )
+        unet, vae = pipe.unet.to(dtype), pipe.vae
+        encoders = [encoder.to(dtype) for encoder in encoders]
+        noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    else:
+        tokenizers, encoders, unet, vae, noise_scheduler = _load_folder(source, config, dtype)
     for module in (*encoders, unet, vae):
         module.requires_grad_(False)
         module.eval()
@@ -101,6 +97,37 @@ def load_components(config: TrainingConfig, source: ModelSource, device: torch.d
         for encoder in encoders:
             encoder.gradient_checkpointing_enable()
     return components
+
+
+def _load_folder(source: ModelSource, config: TrainingConfig, dtype: torch.dtype):
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    folder = source.path
+    _check_pipeline_folder(folder, source.name)
+    kwargs = dict(local_files_only=True)
+    try:
+        tokenizers, encoders = _load_text_side(folder, config, dtype)
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, **kwargs)
+        # The VAE stays fp32: it only runs to fill the latent cache, and SD VAEs overflow in fp16.
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **kwargs)
+        noise_scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler", **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"--model {source.name}: could not load the diffusers pipeline in {folder} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). Reinstall the model."
+        ) from exc
+    return tokenizers, encoders, unet, vae, noise_scheduler
+
+
+def load_pipeline(config: TrainingConfig, source: ModelSource) -> Any:
+    """The whole diffusers pipeline (for saving a full pipeline with the new tokens), offline."""
+    if source.kind == "single_file":
+        from invokeai_ti.single_file import load_single_file_pipeline
+
+        return load_single_file_pipeline(source, config.root_dir)
+    from diffusers import DiffusionPipeline
+
+    return DiffusionPipeline.from_pretrained(str(source.path), local_files_only=True)
 
 
 def _load_text_side(folder: Path, config: TrainingConfig, dtype: torch.dtype):
@@ -142,13 +169,6 @@ def _check_pipeline_folder(folder: Path, name: str) -> None:
             f"--model {name}: {folder} is not a complete diffusers pipeline "
             f"(missing {', '.join(missing)}): install the model again or pick another one."
         )
-
-
-def _single_file_as_folder(source: ModelSource) -> Path:
-    raise ModelError(
-        f"--model {source.path}: single-file checkpoints are not supported yet; "
-        "convert it to a diffusers folder (InvokeAI's model manager can) and pass that folder."
-    )
 
 
 def set_attention(components: Components, xformers: bool) -> None:

@@ -30,6 +30,7 @@ class ModelSource:
     kind: str  # "diffusers" | "single_file"
     name: str  # what the user asked for, for messages
     base: str | None = None  # family the registry claims (sd-1, sd-2, sdxl), checked after loading
+    config: Path | None = None  # single file: models.yaml `config` (diffusers folder or LDM .yaml)
 
 
 def find_root(root_dir: Path | None) -> Path:
@@ -148,7 +149,8 @@ def _source_from_yaml_entry(root: Path, name: str, entry: dict, revision: str | 
         path = _under_root(root, entry["weights"])
         if not path.is_file():
             raise ModelError(f"models.yaml entry '{name}' names {path}, which does not exist.")
-        return ModelSource(path=path, kind="single_file", name=name)
+        config = _under_root(root, entry["config"]) if entry.get("config") else None
+        return ModelSource(path=path, kind="single_file", name=name, config=config)
     raise ModelError(
         f"models.yaml entry '{name}' has format '{fmt}' without a usable path or repo_id: "
         "use a diffusers model (convert it in InvokeAI's model manager) or pass a folder to --model."

@@ -1,4 +1,5 @@
-"""Offline builder of random-weight SD1 / SD2 (v-prediction) diffusers pipelines with the real CLIP BPE.
+"""Offline builder of random-weight SD1 / SD2 (v-prediction) / SDXL diffusers pipelines with the real
+CLIP BPE.
 
 `tiny` shapes make the tests and the quickstart fast; `sd15` shapes match Stable Diffusion 1.5 so the
 benchmark measures real costs. Nothing is downloaded: the vocabulary comes from the `clip-anytorch`
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from invokeai_ti.errors import UserError
 
-FAMILIES = ("sd1", "sd2")
+FAMILIES = ("sd1", "sd2", "sdxl")
 SHAPES = ("tiny", "sd15")
 
 
@@ -65,17 +66,22 @@ def write_clip_tokenizer_files(folder: Path) -> Path:
     return folder
 
 
-def load_clip_tokenizer(max_length: int = 77):
+def load_clip_tokenizer(max_length: int = 77, pad_token: str = "<|endoftext|>"):
+    """SD2 and SDXL's second tokenizer pad with "!" instead of the end token; the vocabulary is the same."""
     from transformers import CLIPTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_clip_tokenizer_files(Path(tmp))
-        return CLIPTokenizer.from_pretrained(str(folder), model_max_length=max_length)
+        return CLIPTokenizer.from_pretrained(
+            str(folder), model_max_length=max_length, pad_token=pad_token
+        )
 
 
-def _text_encoder(family: str, shape: str, seed: int):
+def _text_encoder(family: str, shape: str, seed: int, openclip: bool = False):
+    """CLIP-L (quick_gelu) for SD1 and SDXL's first encoder; OpenCLIP (gelu) for SD2 and SDXL's
+    second, which also projects the pooled output (SDXL's `text_embeds`)."""
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     dims = {
         "tiny": dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2),
@@ -83,29 +89,50 @@ def _text_encoder(family: str, shape: str, seed: int):
             hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12
         ),
     }[shape]
-    if family == "sd2" and shape == "tiny":
+    if shape == "tiny" and family == "sd2":
         dims = dict(dims, hidden_size=48, intermediate_size=64)
+    if shape == "tiny" and openclip and family == "sdxl":
+        dims = dict(dims, hidden_size=64, intermediate_size=80)
     config = CLIPTextConfig(
         vocab_size=49408,
         max_position_embeddings=77,
         bos_token_id=49406,
         eos_token_id=49407,
         pad_token_id=49407,
-        hidden_act="gelu" if family == "sd2" else "quick_gelu",
+        hidden_act="gelu" if family == "sd2" or openclip else "quick_gelu",
         projection_dim=dims["hidden_size"],
         **dims,
     )
-    torch.manual_seed(seed)
-    return CLIPTextModel(config).eval()
+    torch.manual_seed(seed + (10 if openclip else 0))
+    model_class = CLIPTextModelWithProjection if family == "sdxl" and openclip else CLIPTextModel
+    return model_class(config).eval()
 
 
-def _unet(family: str, shape: str, cross_attention_dim: int, seed: int):
+def _unet(family: str, shape: str, cross_attention_dim: int, seed: int, pooled_dim: int = 0):
     import torch
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed + 1)
     if shape == "sd15":
         return UNet2DConditionModel(sample_size=64, cross_attention_dim=cross_attention_dim)
+    if family == "sdxl":
+        # SDXL's layout in miniature: no attention in the first block, two transformer layers in
+        # the second, and the "text_time" added embedding (pooled text + 6 size/crop numbers).
+        return UNet2DConditionModel(
+            sample_size=8,
+            layers_per_block=1,
+            block_out_channels=(32, 64),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2),
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            cross_attention_dim=cross_attention_dim,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=8 * 6 + pooled_dim,
+            norm_num_groups=8,
+        )
     return UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
@@ -121,7 +148,7 @@ def _unet(family: str, shape: str, cross_attention_dim: int, seed: int):
     )
 
 
-def _vae(shape: str, seed: int):
+def _vae(shape: str, seed: int, scaling_factor: float = 0.18215):
     import torch
     from diffusers import AutoencoderKL
 
@@ -145,16 +172,20 @@ def _vae(shape: str, seed: int):
         layers_per_block=1,
         norm_num_groups=8,
         sample_size=64,
-        scaling_factor=0.18215,
+        scaling_factor=scaling_factor,
     )
 
 
 def build_pipeline(family: str = "sd1", shape: str = "tiny", seed: int = 0):
-    """A StableDiffusionPipeline with random weights; SD2 uses v-prediction like SD 2.x 768-v."""
+    """A StableDiffusion(XL)Pipeline with random weights; SD2 uses v-prediction like SD 2.x 768-v."""
     from diffusers import DDPMScheduler, PNDMScheduler, StableDiffusionPipeline
 
     if family not in FAMILIES or shape not in SHAPES:
         raise ValueError(f"family must be one of {FAMILIES} and shape one of {SHAPES}")
+    if family == "sdxl":
+        if shape != "tiny":
+            raise ValueError("only the tiny SDXL shape is built offline")
+        return _build_sdxl(seed)
     text_encoder = _text_encoder(family, shape, seed)
     prediction_type = "v_prediction" if family == "sd2" else "epsilon"
     schedule = dict(
@@ -175,6 +206,28 @@ def build_pipeline(family: str = "sd1", shape: str = "tiny", seed: int = 0):
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+
+
+def _build_sdxl(seed: int):
+    from diffusers import DDPMScheduler, EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    text_encoder = _text_encoder("sdxl", "tiny", seed)
+    text_encoder_2 = _text_encoder("sdxl", "tiny", seed, openclip=True)
+    width = text_encoder.config.hidden_size + text_encoder_2.config.hidden_size
+    schedule = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                    num_train_timesteps=1000, prediction_type="epsilon")  # fmt: skip
+    DDPMScheduler(**schedule)
+    return StableDiffusionXLPipeline(
+        # SDXL's VAE scaling factor differs from SD1/2's: training must read it from the config.
+        vae=_vae("tiny", seed, scaling_factor=0.13025),
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=load_clip_tokenizer(),
+        tokenizer_2=load_clip_tokenizer(pad_token="!"),
+        unet=_unet("sdxl", "tiny", width, seed, text_encoder_2.config.projection_dim),
+        scheduler=EulerDiscreteScheduler(steps_offset=1, timestep_spacing="leading", **schedule),
+        add_watermarker=False,
     )
 
 

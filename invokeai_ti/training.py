@@ -13,9 +13,15 @@ import torch
 import torch.nn.functional as F
 
 from invokeai_ti import checkpoint as ckpt
-from invokeai_ti import dataset, export, latents, optim
+from invokeai_ti import dataset, export, formats, latents, optim
 from invokeai_ti.config import TrainingConfig
-from invokeai_ti.embedding import Placeholder, add_placeholder, prompt_text
+from invokeai_ti.embedding import (
+    Placeholder,
+    add_placeholder,
+    encode_prompts,
+    prompt_text,
+    sdxl_time_ids,
+)
 from invokeai_ti.errors import TrainingStopped
 from invokeai_ti.models import Components, load_components
 from invokeai_ti.progress import ProgressReporter, RunResult, format_plan
@@ -43,6 +49,7 @@ class Run:
     world_size: int
     learning_rate: float
     resumed_from: Any = None
+    time_ids: torch.Tensor | None = None  # SDXL: [num_images, 6] size and crop conditioning
 
     @property
     def is_main(self) -> bool:
@@ -77,12 +84,18 @@ def setup(config: TrainingConfig) -> Run:
     check_writable(config.output_dir, "--output_dir")
     # 2. Frozen model, in the dtype the precision and device allow.
     components = load_components(config, resolve_model(config), state.device)
-    # 3. New tokens need the tokenizers and encoders; the resume check needs their dims.
+    # 3. New tokens need the tokenizers and encoders; --init_embedding and the resume check need
+    #    their dims, and fail here, before any time goes into images or latents.
+    dims, family = components.token_dims, components.family
+    initial = formats.initial_vectors(config.init_embedding, config.num_vectors, dims, family)
     placeholders = [
-        add_placeholder(config, tok, enc)
-        for tok, enc in zip(components.tokenizers, components.text_encoders)
+        add_placeholder(config, tok, enc, init)
+        for tok, enc, init in zip(components.tokenizers, components.text_encoders, initial)
     ]
     resume_folder = ckpt.find_resume_folder(config.output_dir, config.resume_from_checkpoint)
+    if resume_folder is not None:
+        what = f"--resume_from_checkpoint {resume_folder}"
+        formats.check_token_dims(what, formats.read_embedding(resume_folder, what).dims, dims, family)
     # 4. Every image decoded now, so a bad file fails before any GPU time is spent.
     images = dataset.load_training_images(
         config.train_data_dir, config.resolution, config.center_crop, config.dataloader_num_workers
@@ -120,6 +133,10 @@ def setup(config: TrainingConfig) -> Run:
     if resume_folder is not None:
         resume(run, resume_folder)
     run.schedule = optim.build_lr_schedule(config, optimizer, total, run.progress.step)
+    if components.family == "sdxl":  # SDXL conditions on each image's original size and crop
+        run.time_ids = sdxl_time_ids(images.sizes, config.resolution, config.center_crop).to(
+            state.device
+        )
     return run
 
 
@@ -158,9 +175,11 @@ def train_step(run: Run, samples: list[dataset.Sample], generator: torch.Generat
     x0 = run.latent_source.draw(image_index, flipped, latent_draw)  # [B, 4, h, w] scaled
     x_t = c.noise_scheduler.add_noise(x0, noise, t)
     half = c.weight_dtype != torch.float32
+    time_ids = run.time_ids[image_index] if run.time_ids is not None else None
     with torch.autocast(device.type, dtype=c.weight_dtype, enabled=half):
-        hidden = c.text_encoders[0](run.prompt_ids[0][templates])[0]  # [B, 77, dim]
-        pred = c.unet(x_t.to(c.weight_dtype), t, hidden.to(c.weight_dtype)).sample
+        hidden, added = encode_prompts(c, run.prompt_ids, templates, time_ids)  # [B, 77, dim]
+        pred = c.unet(x_t.to(c.weight_dtype), t, hidden.to(c.weight_dtype),
+                      added_cond_kwargs=added).sample  # fmt: skip
     if c.prediction_type == "v_prediction":
         target = c.noise_scheduler.get_velocity(x0, noise, t)
     else:
@@ -252,8 +271,8 @@ def periodic_jobs(run: Run, reporter: ProgressReporter) -> None:
     if not run.is_main or step == run.total_steps:
         return  # the final step is saved by finish()
     if step % cfg.save_steps == 0:
-        export.save_step_embeds(cfg.output_dir, cfg.placeholder_token, run.placeholders[0].vectors,
-                                step)  # fmt: skip
+        export.save_step_embeds(cfg.output_dir, cfg.placeholder_token,
+                                [ph.vectors for ph in run.placeholders], step)  # fmt: skip
     if step % cfg.checkpointing_steps == 0:
         reporter.message(f"Saved checkpoint {save_state(run)}")
 
@@ -283,7 +302,7 @@ def raise_nonfinite(run: Run, last_good: list[torch.Tensor]) -> None:
         for placeholder, vectors in zip(run.placeholders, last_good):
             placeholder.vectors.copy_(vectors)
     files = finish(run) if run.is_main else None
-    where = f" The last good embedding is in {files.embeds_bin}." if files else ""
+    where = f" The last good embedding is in {files.main}." if files else ""
     raise TrainingStopped(
         f"the loss was not finite for {MAX_NONFINITE_IN_A_ROW} steps in a row (step "
         f"{run.progress.step}).{where} Try --mixed_precision bf16 or no, or a lower --learning_rate."
@@ -295,12 +314,13 @@ def finish(run: Run) -> export.ExportedFiles | None:
     if not run.is_main:
         return None
     save_state(run)
-    cfg, vectors = run.config, run.placeholders[0].vectors
+    cfg, vectors = run.config, [ph.vectors.detach() for ph in run.placeholders]
+    source = run.components.source
     try:
-        files = export.save_final_embeds(cfg, vectors, run.progress.step)
+        files = export.save_final_embeds(cfg, vectors, run.progress.step, source)
         if not cfg.only_save_embeds:
             files.pipeline_dir = export.save_full_pipeline(
-                cfg, run.components.source.path, run.placeholders[0].tokens, vectors.detach()
+                cfg, source, run.placeholders[0].tokens, vectors
             )
     except OSError as exc:
         raise ckpt.check_disk_error(exc, cfg.output_dir) from exc
@@ -312,7 +332,8 @@ def finish(run: Run) -> export.ExportedFiles | None:
 def describe_outputs(run: Run, files: export.ExportedFiles | None) -> list[str]:
     if files is None:
         return []
-    lines = [f"Trained {run.progress.step} steps. Embedding: {files.embeds_bin}"]
+    lines = [f"Trained {run.progress.step} steps. Embedding: {files.main}"]
+    lines += [f"Also written: {path}" for path in files.others]
     if files.invokeai_copy:
         lines.append(f"Copied for InvokeAI to {files.invokeai_copy}")
     if files.pipeline_dir:
