@@ -118,9 +118,8 @@ def _load_safetensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], d
 
 def _refuse_model_checkpoint(keys: list[str], what: str) -> None:
     if len(keys) > 64:
-        looks_like = "a model checkpoint" if any(k.startswith("model.") for k in keys) else "no embedding"
         raise UserError(
-            f"{what} holds {len(keys)} tensors ({', '.join(keys[:2])}, ...): {looks_like}, not an "
+            f"{what} holds {len(keys)} tensors ({', '.join(keys[:2])}, ...): model weights, not an "
             "embedding file (diffusers, A1111 or SDXL clip_l/clip_g)."
         )
 
@@ -244,7 +243,8 @@ def describe_embedding_file(path: Path) -> str:
         f"  token(s):      {', '.join(embedding.tokens)}",
         f"  vectors:       {embedding.num_vectors}",
         f"  dimension:     {dims}",
-        f"  model family:  {embedding.family}",
+        f"  model family:  {embedding.family}"
+        + ("" if tuple(embedding.dims) in FAMILY_BY_DIMS else f" ({KNOWN_FAMILIES})"),
         f"  InvokeAI:      {_invokeai_view(embedding)}",
         f"  training step: {embedding.step if embedding.step is not None else 'not stored'}",
     ]
@@ -259,7 +259,7 @@ def _invokeai_view(embedding: Embedding) -> str:
     expected = embedding.dims[-1]
     if dim != expected:
         return (
-            f"misreads it as token dimension {dim} (it reads shape[0] of a {{token: tensor}} file): "
-            "use the emb_params .safetensors for several vectors"
+            f"would misread it as token dimension {dim} (it reads shape[0] of a {{token: tensor}} "
+            "file): this file is for diffusers; give InvokeAI the emb_params or clip_l/clip_g file"
         )
     return f"identifies it as {base}" if base else f"token dimension {dim} is no base it knows"

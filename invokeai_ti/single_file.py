@@ -15,10 +15,11 @@ import json
 import logging
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from invokeai_ti.errors import ModelError
 from invokeai_ti.root import ModelSource, find_root, read_models_yaml

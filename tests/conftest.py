@@ -51,6 +51,13 @@ def tiny_sd2(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> Path:
+    from invokeai_ti.tiny import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sdxl", family="sdxl")
+
+
+@pytest.fixture(scope="session")
 def concept_images(tmp_path_factory) -> Path:
     return make_concept_images(tmp_path_factory.mktemp("images") / "concept")
 
