@@ -206,7 +206,7 @@ def check_token_dims(what: str, dims: list[int], model_dims: list[int], model_fa
         f"{what} was trained on a model with token dimension {dims_text(dims)} "
         f"({family_of_dims(dims)}), but the current model has token dimension "
         f"{dims_text(model_dims)} ({model_label}); families: {KNOWN_FAMILIES}. Use an embedding "
-        f"trained on a {model_label} model, or pick a matching --model."
+        f"trained on {model_label}, or pick a matching --model."
     )
 
 
