@@ -99,9 +99,9 @@ def decode_image(path: Path, resolution: int):
                 opened.load()
                 image = ImageOps.exif_transpose(opened)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ValueError(f"too large (over {Image.MAX_IMAGE_PIXELS:,} pixels): scale it down")
+        raise ValueError(f"too large (over {Image.MAX_IMAGE_PIXELS:,} pixels): scale it down") from None
     except (OSError, SyntaxError) as exc:
-        raise ValueError(f"not a readable image ({str(exc).splitlines()[0][:80]})")
+        raise ValueError(f"not a readable image ({str(exc).splitlines()[0][:80]})") from exc
     image = _to_rgb(image)
     if min(image.size) < resolution:
         log.warning(

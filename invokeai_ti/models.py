@@ -54,22 +54,9 @@ def weight_dtype_for(mixed_precision: str, device: torch.device) -> torch.dtype:
 
 def load_components(config: TrainingConfig, source: ModelSource, device: torch.device) -> Components:
     """Load tokenizer(s), text encoder(s), VAE, UNet and the DDPM training scheduler, all frozen."""
-    from diffusers import DDPMScheduler
-
     dtype = weight_dtype_for(config.mixed_precision, device)
-    if source.kind == "single_file":
-        from invokeai_ti.single_file import load_single_file_pipeline
-
-        pipe = load_single_file_pipeline(source, config.root_dir)
-        tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if hasattr(pipe, "tokenizer_2") else [])
-        encoders = [pipe.text_encoder] + (
-            [pipe.text_encoder_2] if hasattr(pipe, "text_encoder_2") else []
-        )
-        unet, vae = pipe.unet.to(dtype), pipe.vae
-        encoders = [encoder.to(dtype) for encoder in encoders]
-        noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    else:
-        tokenizers, encoders, unet, vae, noise_scheduler = _load_folder(source, config, dtype)
+    load = _load_single_file if source.kind == "single_file" else _load_folder
+    tokenizers, encoders, unet, vae, noise_scheduler = load(source, config, dtype)
     for module in (*encoders, unet, vae):
         module.requires_grad_(False)
         module.eval()
@@ -117,6 +104,22 @@ def _load_folder(source: ModelSource, config: TrainingConfig, dtype: torch.dtype
             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). Reinstall the model."
         ) from exc
     return tokenizers, encoders, unet, vae, noise_scheduler
+
+
+def _load_single_file(source: ModelSource, config: TrainingConfig, dtype: torch.dtype):
+    from diffusers import DDPMScheduler
+
+    from invokeai_ti.single_file import load_single_file_pipeline
+
+    pipe = load_single_file_pipeline(source, config.root_dir)
+    is_xl = hasattr(pipe, "text_encoder_2")
+    tokenizers = [pipe.tokenizer, pipe.tokenizer_2] if is_xl else [pipe.tokenizer]
+    encoders = [pipe.text_encoder, pipe.text_encoder_2] if is_xl else [pipe.text_encoder]
+    # Loaded in the file's own precision: cast to the training dtype (the VAE to fp32, as above).
+    unet = pipe.unet if pipe.unet.dtype == dtype else pipe.unet.to(dtype)
+    encoders = [enc if enc.dtype == dtype else enc.to(dtype) for enc in encoders]
+    vae = pipe.vae if pipe.vae.dtype == torch.float32 else pipe.vae.to(torch.float32)
+    return tokenizers, encoders, unet, vae, DDPMScheduler.from_config(pipe.scheduler.config)
 
 
 def load_pipeline(config: TrainingConfig, source: ModelSource) -> Any:

@@ -129,8 +129,5 @@ def _write_tokenizer(folder: Path, source: Path | None, pad_token: str) -> None:
                     "clip-anytorch package): `pip install --no-deps clip-anytorch` or install any "
                     "diffusers model, then try again."
                 ) from exc
-        tokenizer = CLIPTokenizer(
-            vocab_file=str(source / "vocab.json"), merges_file=str(source / "merges.txt"),
-            pad_token=pad_token, model_max_length=77,
-        )  # fmt: skip
+        tokenizer = CLIPTokenizer.from_pretrained(str(source), pad_token=pad_token, model_max_length=77)
         tokenizer.save_pretrained(str(folder))

@@ -7,9 +7,8 @@ import dataclasses
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import TINY_FLAGS
+from safetensors.torch import load_file
 
 XL_FLAGS = [*TINY_FLAGS, "--max_train_steps", "3", "--num_vectors", "2"]
 
