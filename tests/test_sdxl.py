@@ -146,3 +146,21 @@ def test_sdxl_time_ids_follow_the_centre_crop():
     assert sdxl_time_ids([(100, 200)], 64, center_crop=True).tolist() == [[100, 200, 0, 32, 64, 64]]
     assert sdxl_time_ids([(300, 100)], 64, center_crop=True).tolist() == [[300, 100, 64, 0, 64, 64]]
     assert sdxl_time_ids([(100, 200)], 64, center_crop=False).tolist() == [[100, 200, 0, 0, 64, 64]]
+
+
+def test_sdxl_full_pipeline_export_knows_the_token_in_both_encoders(tiny_sdxl, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    from invokeai_ti import export
+    from invokeai_ti.config import TrainingConfig
+    from invokeai_ti.root import ModelSource
+
+    vectors = [torch.randn(2, 32), torch.randn(2, 64)]
+    config = TrainingConfig(placeholder_token="<xl-disc>", output_dir=tmp_path / "pipe")
+    source = ModelSource(path=tiny_sdxl, kind="diffusers", name="tiny-sdxl")
+    export.save_full_pipeline(config, source, ["<xl-disc>", "<xl-disc>_1"], vectors)
+    pipe = StableDiffusionXLPipeline.from_pretrained(tmp_path / "pipe", local_files_only=True)
+    for tokenizer, encoder, expected in ((pipe.tokenizer, pipe.text_encoder, vectors[0]),
+                                         (pipe.tokenizer_2, pipe.text_encoder_2, vectors[1])):  # fmt: skip
+        ids = tokenizer.convert_tokens_to_ids(["<xl-disc>", "<xl-disc>_1"])
+        assert torch.equal(encoder.get_input_embeddings().weight[ids], expected)
