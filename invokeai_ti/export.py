@@ -1,5 +1,5 @@
-"""Final and intermediate embedding files in every tool's layout, the copy into ROOT/embeddings/<trigger>/,
-and the full pipeline.
+"""Final and intermediate embedding files in every tool's layout, the copy into
+ROOT/embeddings/<trigger>/, and the full pipeline.
 
 `vectors` is always one [n, dim] tensor per text encoder: one for SD1/SD2, [clip_l, clip_g] for SDXL.
 2.3 compat: one vector is written 1-D `{token: tensor[dim]}`; InvokeAI (2.3 and today) reads the
@@ -40,7 +40,8 @@ class ExportedFiles:
     @property
     def main(self) -> Path:
         """The file to name first: the 2.3 .bin, else the first file written."""
-        return self.embeds_bin or self.embeds_safetensors or self.others[0]
+        written = [self.embeds_bin, self.embeds_safetensors, *self.others, self.invokeai_copy]
+        return next(path for path in written if path is not None)
 
 
 def _cpu(vectors: torch.Tensor) -> torch.Tensor:
@@ -55,7 +56,7 @@ def diffusers_layout(token: str, vectors: torch.Tensor) -> dict[str, torch.Tenso
 
 
 def sdxl_layout(vectors: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`{clip_l: [n, 768], clip_g: [n, 1280]}`: what InvokeAI 3+, A1111 and ComfyUI load for SDXL."""
+    """`{clip_l: [n, 768], clip_g: [n, 1280]}`: what InvokeAI 3+, A1111 and ComfyUI load (SDXL)."""
     return {key: _cpu(v) for key, v in zip(SDXL_KEYS, vectors)}
 
 
@@ -75,10 +76,9 @@ def save_learned_embeds(path: Path, token: str, vectors: torch.Tensor) -> Path:
     return save_torch(path, diffusers_layout(token, vectors))
 
 
-def save_step_embeds(
-    output_dir: Path, token: str, vectors: list[torch.Tensor], step: int
-) -> Path:
-    """learned_embeds-steps-N.bin (2.3's name) for one encoder, .safetensors with clip_l/clip_g for SDXL."""
+def save_step_embeds(output_dir: Path, token: str, vectors: list[torch.Tensor], step: int) -> Path:
+    """learned_embeds-steps-N.bin (2.3's name) for one encoder; for SDXL a .safetensors with
+    clip_l/clip_g."""
     if len(vectors) == 2:
         target = output_dir / f"learned_embeds-steps-{step}.safetensors"
         return save_tensors(target, sdxl_layout(vectors), metadata=_metadata(token, step, "sdxl"))
@@ -102,7 +102,9 @@ def save_final_embeds(
     if "diffusers" in config.export_format:
         _save_diffusers(config.output_dir, token, vectors, trained_steps, files)
     if "a1111" in config.export_format:
-        files.others += save_a1111(config.output_dir, config.trigger, vectors, trained_steps, source)
+        files.others += save_a1111(
+            config.output_dir, config.trigger, vectors, trained_steps, source
+        )
     comfyui_dir = config.comfyui_embeddings_dir or config.output_dir
     if "comfyui" in config.export_format and not (
         "a1111" in config.export_format and comfyui_dir == config.output_dir
@@ -117,7 +119,7 @@ def _save_diffusers(
     output_dir: Path, token: str, vectors: list[torch.Tensor], step: int, files: ExportedFiles
 ) -> None:
     """SD1/SD2: learned_embeds.bin + .safetensors as {token: tensor}. SDXL: learned_embeds.safetensors
-    with clip_l/clip_g, plus one {token: tensor} file per encoder for diffusers' load_textual_inversion."""
+    with clip_l/clip_g, plus a {token: tensor} file per encoder for load_textual_inversion."""
     if len(vectors) == 1:
         layout = diffusers_layout(token, vectors[0])
         files.embeds_bin = save_torch(output_dir / "learned_embeds.bin", layout)
@@ -126,7 +128,9 @@ def _save_diffusers(
         )
         return
     files.embeds_safetensors = save_tensors(
-        output_dir / "learned_embeds.safetensors", sdxl_layout(vectors), _metadata(token, step, "sdxl")
+        output_dir / "learned_embeds.safetensors",
+        sdxl_layout(vectors),
+        _metadata(token, step, "sdxl"),
     )
     for key, encoder_vectors in zip(SDXL_KEYS, vectors):
         files.others.append(

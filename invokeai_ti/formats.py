@@ -2,7 +2,7 @@
 (`string_to_param`) and .safetensors (`emb_params`), SDXL `clip_l`/`clip_g`, and our checkpoint
 folders. Used by --inspect, --init_embedding and the token-dimension checks.
 
-Nothing is unpickled beyond plain tensors, numbers and strings: torch.load runs with weights_only=True.
+Nothing is unpickled beyond plain tensors, numbers and strings: torch.load uses weights_only=True.
 """
 
 from __future__ import annotations
@@ -138,21 +138,29 @@ def _classify(path: Path, data: Any, metadata: dict[str, str], what: str) -> Emb
         return Embedding(path, "A1111 .pt (string_to_param)", [name], [_rows(vectors)], step)
     if torch.is_tensor(data.get("emb_params")):
         name = metadata.get("name") or path.stem
-        return Embedding(path, "A1111 .safetensors (emb_params)", [name], [_rows(data["emb_params"])], step)
+        return Embedding(
+            path, "A1111 .safetensors (emb_params)", [name], [_rows(data["emb_params"])], step
+        )
     if torch.is_tensor(data.get("clip_l")) and torch.is_tensor(data.get("clip_g")):
         name = metadata.get("trigger") or metadata.get("name") or path.stem
         vectors = [_rows(data["clip_l"]), _rows(data["clip_g"])]
         if vectors[0].shape[0] != vectors[1].shape[0]:
             raise UserError(f"{what}: clip_l and clip_g hold different vector counts.")
-        return Embedding(path, "SDXL (clip_l + clip_g)", [name], vectors, _as_int(data.get("step")) or step)
+        return Embedding(
+            path, "SDXL (clip_l + clip_g)", [name], vectors, _as_int(data.get("step")) or step
+        )
     tensors = {k: v for k, v in data.items() if torch.is_tensor(v)}
     if len(tensors) == len(data) == 1:
         token, vectors = next(iter(tensors.items()))
-        return Embedding(path, "diffusers / InvokeAI 2.3 {token: tensor}", [token], [_rows(vectors)], step)
+        return Embedding(
+            path, "diffusers / InvokeAI 2.3 {token: tensor}", [token], [_rows(vectors)], step
+        )
     if len(tensors) == len(data) and all(v.dim() == 1 for v in tensors.values()):
         if len({v.shape[0] for v in tensors.values()}) == 1:  # one 1-D tensor per token
             stacked = torch.stack([v.float() for v in tensors.values()])
-            return Embedding(path, "diffusers {token: tensor} per token", list(tensors), [stacked], step)
+            return Embedding(
+                path, "diffusers {token: tensor} per token", list(tensors), [stacked], step
+            )
     keys = ", ".join(repr(k) for k in list(data)[:4])
     raise UserError(
         f"{what} is not an embedding file this tool knows (keys {keys}): expected a diffusers "
@@ -177,7 +185,8 @@ def _read_checkpoint_folder(folder: Path, what: str) -> Embedding:
     """A checkpoint-<step>/ folder of this trainer: its vectors, token and step (no unpickling)."""
     if not (folder / STATE_FILE).is_file() or not (folder / TENSORS_FILE).is_file():
         raise UserError(
-            f"{what} is a folder, not an embedding file or a checkpoint-<step> folder of this trainer."
+            f"{what} is a folder, not an embedding file or a checkpoint-<step> folder of this "
+            "trainer."
         )
     from safetensors import SafetensorError, safe_open
 
@@ -231,7 +240,8 @@ def initial_vectors(
 
 
 def describe_embedding_file(path: Path) -> str:
-    """What --inspect prints: format, tokens, vector count, dimensions, family, InvokeAI's view, step."""
+    """What --inspect prints: format, tokens, vector count, dimensions, family, InvokeAI's view and
+    the training step."""
     embedding = read_embedding(Path(path))
     if len(embedding.vectors) == 2:
         dims = f"clip_l {embedding.dims[0]}, clip_g {embedding.dims[1]}"

@@ -84,7 +84,11 @@ def detect_geometry(shapes: dict[str, tuple[int, ...]], what: str) -> Geometry:
     """The family from which text encoder layout the keys use; sizes from the UNet's shapes."""
     family = next((name for name, key in TEXT_KEYS.items() if key in shapes), None)
     conv_in = shapes.get(UNET_PREFIX + "input_blocks.0.0.weight")
-    context = [s[1] for k, s in shapes.items() if k.startswith(UNET_PREFIX) and k.endswith("attn2.to_k.weight")]
+    context = [
+        s[1]
+        for k, s in shapes.items()
+        if k.startswith(UNET_PREFIX) and k.endswith("attn2.to_k.weight")
+    ]
     if family is None or conv_in is None or not context:
         if "conditioner.embedders.0.model.token_embedding.weight" in shapes:
             reason = "an SDXL refiner (its only text encoder is OpenCLIP-G): train on the SDXL base"
@@ -106,7 +110,9 @@ def folder_geometry(folder: Path) -> Geometry | None:
     try:
         index = json.loads((folder / "model_index.json").read_text())
         unet = json.loads((folder / "unet" / "config.json").read_text())
-        encoders = ["text_encoder", "text_encoder_2"] if "text_encoder_2" in index else ["text_encoder"]
+        encoders = (
+            ["text_encoder", "text_encoder_2"] if "text_encoder_2" in index else ["text_encoder"]
+        )
         dims = tuple(
             json.loads((folder / name / "config.json").read_text())["hidden_size"]
             for name in encoders
@@ -123,7 +129,9 @@ def _local_diffusers_folders(root: Path) -> Iterator[Path]:
         if entry.get("format", "diffusers") == "diffusers" and entry.get("path"):
             path = Path(entry["path"]).expanduser()
             yield path if path.is_absolute() else root / path
-    yield from _cached_reference_repos(root, [r for repos in REFERENCE_REPOS.values() for r in repos])
+    yield from _cached_reference_repos(
+        root, [r for repos in REFERENCE_REPOS.values() for r in repos]
+    )
 
 
 def _cached_reference_repos(root: Path, repos: list[str]) -> Iterator[Path]:
@@ -138,7 +146,7 @@ def _cached_reference_repos(root: Path, repos: list[str]) -> Iterator[Path]:
 
 
 def _yaml_prediction_type(config: Path) -> str | None:
-    """An LDM inference .yaml (2.3's models.yaml `config`) says `parameterization: "v"` for SD2-768-v."""
+    """An LDM inference .yaml (2.3's models.yaml `config`) says `parameterization: "v"` for 768-v."""
     import yaml
 
     try:
@@ -150,7 +158,7 @@ def _yaml_prediction_type(config: Path) -> str | None:
 
 @contextmanager
 def config_folder(source: ModelSource, root_dir: Path | None) -> Iterator[tuple[Path, str | None]]:
-    """Yield (a local diffusers config folder that fits the checkpoint, prediction type override)."""
+    """Yield (a local diffusers config folder that fits the checkpoint, prediction type or None)."""
     what = f"--model {source.name}"
     geometry = detect_geometry(checkpoint_shapes(source.path, what), what)
     prediction = None
@@ -158,11 +166,15 @@ def config_folder(source: ModelSource, root_dir: Path | None) -> Iterator[tuple[
         prediction = _yaml_prediction_type(source.config)
     elif source.config is not None:
         found = folder_geometry(source.config)
+        if found is None:
+            raise ModelError(
+                f"{what}: its models.yaml config {source.config} is neither a diffusers folder nor "
+                "an LDM .yaml: point `config:` at a diffusers folder of the same model type."
+            )
         if found != geometry:
             raise ModelError(
-                f"{what}: its models.yaml config {source.config} "
-                f"{'is not a diffusers folder' if found is None else 'does not fit the checkpoint'}"
-                f" (checkpoint: {_describe(geometry)}{'' if found is None else '; config: ' + _describe(found)})."
+                f"{what}: its models.yaml config {source.config} does not fit the checkpoint "
+                f"(checkpoint: {_describe(geometry)}; config: {_describe(found)})."
             )
         yield source.config, prediction
         return
@@ -175,7 +187,9 @@ def config_folder(source: ModelSource, root_dir: Path | None) -> Iterator[tuple[
     if geometry.family in BUNDLED and _fits_bundled(geometry):
         with tempfile.TemporaryDirectory(prefix="invokeai-ti-config-") as tmp:
             folder = write_bundled_config(Path(tmp), geometry.family, _tokenizer_source(root))
-            log.info("Configuration for %s: the built-in %s layout.", source.path.name, geometry.family)
+            log.info(
+                "Configuration for %s: the built-in %s layout.", source.path.name, geometry.family
+            )
             yield folder, prediction
         return
     raise ModelError(
@@ -226,16 +240,19 @@ def load_single_file_pipeline(source: ModelSource, root_dir: Path | None) -> Any
         index = json.loads((folder / "model_index.json").read_text())
         is_xl = index.get("_class_name", "").startswith("StableDiffusionXL")
         pipeline_class = StableDiffusionXLPipeline if is_xl else StableDiffusionPipeline
-        extra = {"add_watermarker": False} if is_xl else {"safety_checker": None,
-                                                           "requires_safety_checker": False}  # fmt: skip
+        if is_xl:
+            extra = {"add_watermarker": False}
+        else:
+            extra = {"safety_checker": None, "requires_safety_checker": False}
         try:
             pipe = pipeline_class.from_single_file(
                 str(source.path), config=str(folder), local_files_only=True, **extra
             )
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
             raise ModelError(
                 f"--model {source.name}: diffusers could not load {source.path.name} with the "
-                f"configuration in {folder} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})."
+                f"configuration in {folder} ({reason})."
             ) from exc
     if prediction is not None:
         pipe.scheduler.register_to_config(prediction_type=prediction)

@@ -41,32 +41,47 @@ BUNDLED: dict[str, dict[str, Any]] = {
         "unet": dict(sample_size=64, cross_attention_dim=768),
         "vae": dict(_VAE, sample_size=512, scaling_factor=0.18215),
         "text_encoders": [CLIP_L],
-        "scheduler": dict(_SCHEDULE, _class_name="PNDMScheduler", prediction_type="epsilon",
-                          skip_prk_steps=True),  # fmt: skip
+        "scheduler": dict(
+            _SCHEDULE, _class_name="PNDMScheduler", prediction_type="epsilon", skip_prk_steps=True
+        ),  # fmt: skip
     },
     "sd-2": {  # SD 2.x 768-v, the common SD2 checkpoint; a 2.3 .yaml config can say epsilon
         "pipeline": "StableDiffusionPipeline",
-        "unet": dict(sample_size=96, cross_attention_dim=1024, attention_head_dim=[5, 10, 20, 20],
-                     use_linear_projection=True),  # fmt: skip
+        "unet": dict(
+            sample_size=96,
+            cross_attention_dim=1024,
+            attention_head_dim=[5, 10, 20, 20],
+            use_linear_projection=True,
+        ),  # fmt: skip
         "vae": dict(_VAE, sample_size=768, scaling_factor=0.18215),
         "text_encoders": [OPENCLIP_H],
-        "scheduler": dict(_SCHEDULE, _class_name="PNDMScheduler", prediction_type="v_prediction",
-                          skip_prk_steps=True),  # fmt: skip
+        "scheduler": dict(
+            _SCHEDULE,
+            _class_name="PNDMScheduler",
+            prediction_type="v_prediction",
+            skip_prk_steps=True,
+        ),  # fmt: skip
     },
     "sdxl": {
         "pipeline": "StableDiffusionXLPipeline",
         "unet": dict(
-            sample_size=128, cross_attention_dim=2048, block_out_channels=[320, 640, 1280],
+            sample_size=128,
+            cross_attention_dim=2048,
+            block_out_channels=[320, 640, 1280],
             down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
             up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-            transformer_layers_per_block=[1, 2, 10], attention_head_dim=[5, 10, 20],
-            use_linear_projection=True, addition_embed_type="text_time",
-            addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+            transformer_layers_per_block=[1, 2, 10],
+            attention_head_dim=[5, 10, 20],
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
         ),  # fmt: skip
         "vae": dict(_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True),
         "text_encoders": [CLIP_L, OPENCLIP_G],
-        "scheduler": dict(_SCHEDULE, _class_name="EulerDiscreteScheduler",
-                          prediction_type="epsilon"),  # fmt: skip
+        "scheduler": dict(
+            _SCHEDULE, _class_name="EulerDiscreteScheduler", prediction_type="epsilon"
+        ),  # fmt: skip
     },
 }
 
@@ -91,7 +106,9 @@ def write_bundled_config(target: Path, family: str, tokenizer_source: Path | Non
         index.update(safety_checker=[None, None], feature_extractor=[None, None],
                      requires_safety_checker=False)  # fmt: skip
     _write_json(target / "model_index.json", index)
-    _write_json(target / "unet" / "config.json", {"_class_name": "UNet2DConditionModel", **spec["unet"]})
+    _write_json(
+        target / "unet" / "config.json", {"_class_name": "UNet2DConditionModel", **spec["unet"]}
+    )
     _write_json(target / "vae" / "config.json", {"_class_name": "AutoencoderKL", **spec["vae"]})
     _write_json(target / "scheduler" / "scheduler_config.json", spec["scheduler"])
     names = ["text_encoder", "text_encoder_2"][: len(spec["text_encoders"])]
@@ -129,5 +146,7 @@ def _write_tokenizer(folder: Path, source: Path | None, pad_token: str) -> None:
                     "clip-anytorch package): `pip install --no-deps clip-anytorch` or install any "
                     "diffusers model, then try again."
                 ) from exc
-        tokenizer = CLIPTokenizer.from_pretrained(str(source), pad_token=pad_token, model_max_length=77)
+        tokenizer = CLIPTokenizer.from_pretrained(
+            str(source), pad_token=pad_token, model_max_length=77
+        )
         tokenizer.save_pretrained(str(folder))

@@ -64,10 +64,15 @@ def test_every_invokeai_loadable_file_is_identified_as_its_base(tmp_path, family
     copied = sorted((root / "embeddings" / "my-thing").iterdir())
     assert copied == [files.invokeai_copy]
     if num_vectors > 1 and family != "sdxl":
-        assert load_file(files.invokeai_copy)["emb_params"].shape == (num_vectors, vectors[0].shape[1])
+        assert load_file(files.invokeai_copy)["emb_params"].shape == (
+            num_vectors,
+            vectors[0].shape[1],
+        )
 
 
-def test_exports_load_in_diffusers_and_a1111_layouts_and_comfyui_folder(cli, root, tiny_sd1, tmp_path):
+def test_exports_load_in_diffusers_and_a1111_layouts_and_comfyui_folder(
+    cli, root, tiny_sd1, tmp_path
+):
     """One CLI run with every --export_format; each file read back by diffusers' own loader."""
     from diffusers import StableDiffusionPipeline
 
@@ -89,7 +94,9 @@ def test_exports_load_in_diffusers_and_a1111_layouts_and_comfyui_folder(cli, roo
     assert pt["sd_checkpoint"] is None and pt["sd_checkpoint_name"] == "stable-diffusion-1.5"
     assert torch.equal(load_file(out / "psychedelic.safetensors")["emb_params"], learned)
     # ComfyUI gets the same two files in its own folder.
-    assert torch.equal(torch.load(comfy / "psychedelic.pt", weights_only=True)["string_to_param"]["*"], learned)
+    assert torch.equal(
+        torch.load(comfy / "psychedelic.pt", weights_only=True)["string_to_param"]["*"], learned
+    )
     assert torch.equal(load_file(comfy / "psychedelic.safetensors")["emb_params"], learned)
     # diffusers reads the {token: tensor}, string_to_param and emb_params layouts itself.
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd1, local_files_only=True)
@@ -243,7 +250,10 @@ def test_init_embedding_of_another_family_fails_before_reading_images(cli, root,
             "the current model has token dimension 32 (SD1)") in result.err  # fmt: skip
     assert "768 SD1, 1024 SD2, 768+1280 SDXL" in result.err
     result = cli(*_sd1_args(root), "--init_embedding", xl, *missing_images)
-    assert "token dimension 768+1280 (SDXL), but the current model has token dimension 32" in result.err
+    assert (
+        "token dimension 768+1280 (SDXL), but the current model has token dimension 32"
+        in result.err
+    )
     assert "Traceback" not in result.err and result.err.count("error:") == 1
 
 

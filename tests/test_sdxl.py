@@ -32,7 +32,9 @@ def _initial_rows(model_dir, subfolder):
     """The frozen rows of '*' (the initializer) in one of the tiny model's text encoders."""
     from transformers import CLIPTokenizer
 
-    tokenizer = CLIPTokenizer.from_pretrained(model_dir, subfolder=subfolder.replace("text_encoder", "tokenizer"))
+    tokenizer = CLIPTokenizer.from_pretrained(
+        model_dir, subfolder=subfolder.replace("text_encoder", "tokenizer")
+    )
     star = tokenizer.encode("*", add_special_tokens=False)[0]
     weights = load_file(model_dir / subfolder / "model.safetensors")
     table = next(v for k, v in weights.items() if k.endswith("token_embedding.weight"))
@@ -50,16 +52,24 @@ def test_sdxl_trains_both_encoders_into_one_clip_l_clip_g_file(sdxl_run, tiny_sd
         moved = (learned[key] - start).abs().max(dim=1).values
         assert (moved > 1e-4).all(), (key, moved)
     # Per-encoder diffusers files hold the same numbers as {token: [n, dim]}.
-    assert torch.equal(load_file(out / "learned_embeds_clip_l.safetensors")["<xl-disc>"], learned["clip_l"])
-    assert torch.equal(load_file(out / "learned_embeds_clip_g.safetensors")["<xl-disc>"], learned["clip_g"])
+    assert torch.equal(
+        load_file(out / "learned_embeds_clip_l.safetensors")["<xl-disc>"], learned["clip_l"]
+    )
+    assert torch.equal(
+        load_file(out / "learned_embeds_clip_g.safetensors")["<xl-disc>"], learned["clip_g"]
+    )
     # The InvokeAI copy is the clip_l/clip_g file, alone in its folder.
     copy_dir = root / "embeddings" / "xl-disc"
     assert sorted(p.name for p in copy_dir.iterdir()) == ["xl-disc.safetensors"]
     copy = load_file(copy_dir / "xl-disc.safetensors")
-    assert torch.equal(copy["clip_l"], learned["clip_l"]) and torch.equal(copy["clip_g"], learned["clip_g"])
+    assert torch.equal(copy["clip_l"], learned["clip_l"]) and torch.equal(
+        copy["clip_g"], learned["clip_g"]
+    )
     # A1111 / ComfyUI load SDXL embeddings from clip_l + clip_g in .pt and .safetensors.
     pt = torch.load(out / "xl-disc.pt", weights_only=True)
-    assert torch.equal(pt["clip_g"], learned["clip_g"]) and pt["step"] == 3 and pt["name"] == "xl-disc"
+    assert (
+        torch.equal(pt["clip_g"], learned["clip_g"]) and pt["step"] == 3 and pt["name"] == "xl-disc"
+    )
     assert torch.equal(load_file(out / "xl-disc.safetensors")["clip_l"], learned["clip_l"])
 
 
@@ -69,15 +79,21 @@ def _tiny_image(pipe, prompt):
                 output_type="np", generator=generator).images[0]  # fmt: skip
 
 
-def test_diffusers_sdxl_pipeline_loads_the_files_and_the_token_changes_the_image(sdxl_run, tiny_sdxl):
+def test_diffusers_sdxl_pipeline_loads_the_files_and_the_token_changes_the_image(
+    sdxl_run, tiny_sdxl
+):
     from diffusers import StableDiffusionXLPipeline
 
     out, _ = sdxl_run
     pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl)
     pipe.set_progress_bar_config(disable=True)
     before = _tiny_image(pipe, "a photo of * *")  # what the untrained vectors ('*' x2) give
-    pipe.load_textual_inversion(out / "learned_embeds_clip_l.safetensors", token="<xl-disc>",
-                                text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
+    pipe.load_textual_inversion(
+        out / "learned_embeds_clip_l.safetensors",
+        token="<xl-disc>",
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+    )
     pipe.load_textual_inversion(out / "learned_embeds_clip_g.safetensors", token="<xl-disc>",
                                 text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)  # fmt: skip
     learned = load_file(out / "learned_embeds.safetensors")

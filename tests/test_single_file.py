@@ -16,7 +16,13 @@ from safetensors.torch import load_file, save_file
 
 RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
           "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}  # fmt: skip
-VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+VAE_ATTENTION = {
+    "group_norm": "norm",
+    "to_q": "q",
+    "to_k": "k",
+    "to_v": "v",
+    "to_out.0": "proj_out",
+}
 
 
 def _unet_prefixes(config: dict) -> list[tuple[str, str, dict]]:
@@ -32,38 +38,63 @@ def _unet_prefixes(config: dict) -> list[tuple[str, str, dict]]:
             index = 1 + i * (lpb + 1) + j
             maps.append((f"down_blocks.{i}.resnets.{j}", f"input_blocks.{index}.0", RESNET))
             maps.append((f"down_blocks.{i}.attentions.{j}", f"input_blocks.{index}.1", {}))
-        maps.append((f"down_blocks.{i}.downsamplers.0.conv", f"input_blocks.{1 + i * (lpb + 1) + lpb}.0.op", {}))
+        maps.append(
+            (
+                f"down_blocks.{i}.downsamplers.0.conv",
+                f"input_blocks.{1 + i * (lpb + 1) + lpb}.0.op",
+                {},
+            )
+        )
         has_attention = config["up_block_types"][i].startswith("CrossAttn")
         for j in range(lpb + 1):
             index = i * (lpb + 1) + j
             maps.append((f"up_blocks.{i}.resnets.{j}", f"output_blocks.{index}.0", RESNET))
             maps.append((f"up_blocks.{i}.attentions.{j}", f"output_blocks.{index}.1", {}))
         last = i * (lpb + 1) + lpb
-        maps.append((f"up_blocks.{i}.upsamplers.0.conv", f"output_blocks.{last}.{2 if has_attention else 1}.conv", {}))
+        maps.append(
+            (
+                f"up_blocks.{i}.upsamplers.0.conv",
+                f"output_blocks.{last}.{2 if has_attention else 1}.conv",
+                {},
+            )
+        )
     return maps
 
 
 def _vae_prefixes(config: dict) -> list[tuple[str, str, dict]]:
     blocks = len(config["block_out_channels"])
     shortcut = {"conv_shortcut": "nin_shortcut"}
-    maps = [("encoder.conv_norm_out", "encoder.norm_out", {}), ("decoder.conv_norm_out", "decoder.norm_out", {})]
+    maps = [
+        ("encoder.conv_norm_out", "encoder.norm_out", {}),
+        ("decoder.conv_norm_out", "decoder.norm_out", {}),
+    ]
     for part in ("encoder", "decoder"):
         maps += [(f"{part}.mid_block.resnets.0", f"{part}.mid.block_1", shortcut),
                  (f"{part}.mid_block.resnets.1", f"{part}.mid.block_2", shortcut),
                  (f"{part}.mid_block.attentions.0", f"{part}.mid.attn_1", VAE_ATTENTION)]  # fmt: skip
     for i in range(blocks):
         maps.append((f"encoder.down_blocks.{i}.resnets", f"encoder.down.{i}.block", shortcut))
-        maps.append((f"encoder.down_blocks.{i}.downsamplers.0.conv", f"encoder.down.{i}.downsample.conv", {}))
+        maps.append(
+            (
+                f"encoder.down_blocks.{i}.downsamplers.0.conv",
+                f"encoder.down.{i}.downsample.conv",
+                {},
+            )
+        )
         up = blocks - 1 - i  # the LDM decoder numbers its blocks from the lowest resolution up
         maps.append((f"decoder.up_blocks.{i}.resnets", f"decoder.up.{up}.block", shortcut))
-        maps.append((f"decoder.up_blocks.{i}.upsamplers.0.conv", f"decoder.up.{up}.upsample.conv", {}))
+        maps.append(
+            (f"decoder.up_blocks.{i}.upsamplers.0.conv", f"decoder.up.{up}.upsample.conv", {})
+        )
     return maps
 
 
 def _rename(state: dict, maps: list[tuple[str, str, dict]], prefix: str) -> dict:
     out = {}
     for key, value in state.items():
-        match = max((m for m in maps if key.startswith(m[0] + ".")), key=lambda m: len(m[0]), default=None)
+        match = max(
+            (m for m in maps if key.startswith(m[0] + ".")), key=lambda m: len(m[0]), default=None
+        )
         new = key
         if match is not None:
             rest = key[len(match[0]) + 1 :]
@@ -89,9 +120,15 @@ def _openclip(state: dict, prefix: str) -> dict:
         src, dst = f"encoder.layers.{i}.", f"{prefix}transformer.resblocks.{i}."
         for kind in ("weight", "bias"):
             out[dst + f"attn.in_proj_{kind}"] = torch.cat(
-                [state.pop(src + f"self_attn.{p}_proj.{kind}") for p in "qkv"])
-            for old, new in (("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"),
-                             ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):
+                [state.pop(src + f"self_attn.{p}_proj.{kind}") for p in "qkv"]
+            )
+            for old, new in (
+                ("self_attn.out_proj", "attn.out_proj"),
+                ("layer_norm1", "ln_1"),
+                ("layer_norm2", "ln_2"),
+                ("mlp.fc1", "mlp.c_fc"),
+                ("mlp.fc2", "mlp.c_proj"),
+            ):
                 out[dst + f"{new}.{kind}"] = state.pop(src + f"{old}.{kind}")  # fmt: skip
     for kind in ("weight", "bias"):
         out[prefix + f"ln_final.{kind}"] = state.pop(f"final_layer_norm.{kind}")
@@ -105,6 +142,7 @@ def _clip_l(state: dict, prefix: str) -> dict:
 
 def to_single_file(folder: Path) -> dict[str, torch.Tensor]:
     """The tiny diffusers model as one checkpoint in the original (LDM / SGM) key layout."""
+
     def part(name):
         config = json.loads((folder / name / "config.json").read_text())
         weights = next((folder / name).glob("*.safetensors"))
@@ -160,7 +198,10 @@ def _assert_same_weights(components, folder: Path) -> None:
         assert set(mine) == set(ref), type(theirs).__name__
         for key in ref:
             assert torch.equal(mine[key], ref[key]), key
-    assert components.noise_scheduler.config.prediction_type == reference.scheduler.config.prediction_type
+    assert (
+        components.noise_scheduler.config.prediction_type
+        == reference.scheduler.config.prediction_type
+    )
 
 
 def _write_yaml(root: Path, entries: dict) -> None:
@@ -173,7 +214,9 @@ def _write_yaml(root: Path, entries: dict) -> None:
 # --- tests ---------------------------------------------------------------------------------------
 
 
-def test_safetensors_file_loads_bit_exact_with_a_local_diffusers_model_as_config(sd1_file, root, tiny_sd1):
+def test_safetensors_file_loads_bit_exact_with_a_local_diffusers_model_as_config(
+    sd1_file, root, tiny_sd1
+):
     """The `root` fixture's models.yaml names the tiny SD1 folder: it fits, so it is the config."""
     components = _load(str(sd1_file), root)
     assert components.family == "sd-1" and components.token_dims == [32]
@@ -185,17 +228,23 @@ def test_sd2_and_sdxl_files_load_bit_exact(family, request, tmp_path):
     folder = request.getfixturevalue(f"tiny_{family}")
     path = tmp_path / f"{family}.safetensors"
     save_file(to_single_file(folder), path)
-    _write_yaml(tmp_path, {"m": {"format": "checkpoint", "weights": str(path), "config": str(folder)}})
+    _write_yaml(
+        tmp_path, {"m": {"format": "checkpoint", "weights": str(path), "config": str(folder)}}
+    )
     components = _load("m", tmp_path)
     assert components.family == ("sdxl" if family == "sdxl" else "sd-2")
     _assert_same_weights(components, folder)
 
 
-def test_ckpt_entry_in_models_yaml_trains_from_the_command_line(cli, sd1_file, tiny_sd1, root, tmp_path):
+def test_ckpt_entry_in_models_yaml_trains_from_the_command_line(
+    cli, sd1_file, tiny_sd1, root, tmp_path
+):
     """A 2.3 models.yaml `format: ckpt` entry: weights .ckpt (nested state_dict), config .yaml."""
     ckpt = tmp_path / "tiny-sd1.ckpt"
     torch.save({"state_dict": load_file(sd1_file), "global_step": 470000}, ckpt)
-    (root / "configs" / "v1-inference.yaml").write_text("model:\n  params:\n    parameterization: eps\n")
+    (root / "configs" / "v1-inference.yaml").write_text(
+        "model:\n  params:\n    parameterization: eps\n"
+    )
     _write_yaml(root, {"stable-diffusion-1.5": {"format": "diffusers", "path": str(tiny_sd1)},
                        "sd15-ckpt": {"format": "ckpt", "weights": str(ckpt),
                                      "config": "configs/v1-inference.yaml"}})  # fmt: skip
@@ -261,7 +310,9 @@ def test_unknown_layout_without_config_is_one_clear_line(cli, sd1_file, tmp_path
 def test_mismatched_config_folder_is_refused(sd1_file, tiny_sd2, tmp_path):
     from invokeai_ti.errors import ModelError
 
-    _write_yaml(tmp_path, {"m": {"format": "ckpt", "weights": str(sd1_file), "config": str(tiny_sd2)}})
+    _write_yaml(
+        tmp_path, {"m": {"format": "ckpt", "weights": str(sd1_file), "config": str(tiny_sd2)}}
+    )
     with pytest.raises(ModelError, match="does not fit the checkpoint"):
         _load("m", tmp_path)
 
@@ -302,5 +353,8 @@ def test_built_in_layouts_are_the_published_architectures():
             assert count(UNet2DConditionModel.from_config(spec["unet"])) == unet_params
             assert count(AutoencoderKL.from_config(spec["vae"])) == 83_653_863
             classes = [CLIPTextModel, CLIPTextModelWithProjection]
-            counts = [count(cls(CLIPTextConfig(**enc))) for cls, enc in zip(classes, spec["text_encoders"])]
+            counts = [
+                count(cls(CLIPTextConfig(**enc)))
+                for cls, enc in zip(classes, spec["text_encoders"])
+            ]
         assert counts == encoder_params, family
