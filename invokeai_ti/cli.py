@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import importlib.util
 import logging
 import os
 import sys
@@ -226,6 +227,8 @@ def _dispatch(config: TrainingConfig, args: argparse.Namespace) -> int:
         print(describe_embedding_file(args.inspect))
         return 0
     if config.front_end:
+        if importlib.util.find_spec("textual") is None:
+            raise UserError("--gui needs the textual package: pip install 'invokeai-ti[gui]'.")
         from invokeai_ti.gui import run_gui
 
         return run_gui(config)

@@ -98,6 +98,21 @@ def read_models_yaml(root: Path) -> dict[str, dict]:
     return {name: entry for name, entry in data.items() if isinstance(entry, dict)}
 
 
+def list_model_names(root: Path) -> list[str]:
+    """The diffusers models a front end offers, in the registry's order (single files cannot be
+    trained yet, see models.py)."""
+    return [
+        name
+        for name, entry in read_models_yaml(root).items()
+        if entry.get("format", "diffusers") == "diffusers"
+    ]
+
+
+def default_model_name(root: Path) -> str | None:
+    """The model the registry marks `default: true`, if any."""
+    return next((name for name, entry in read_models_yaml(root).items() if entry.get("default")), None)
+
+
 def resolve_model(config: TrainingConfig) -> ModelSource:
     """Turn --model into a ModelSource: models.yaml name, folder, single file, or hub id in the cache."""
     root = find_root(config.root_dir)
