@@ -260,8 +260,10 @@ def build_config(
     if not initializer:
         errors["initializer"] = "Required: one word the model knows, e.g. * or cat."
     data_dir, output_dir = read_path(values.data_dir), read_path(values.output_dir)
-    if problem := data_dir_problem(data_dir, count_usable_images(data_dir)):
-        errors["data_dir"] = problem
+    # Without a usable trigger the default data folder means nothing yet: no second error.
+    if not trigger_problem(trigger) or data_dir != default_data_dir(root, trigger):
+        if problem := data_dir_problem(data_dir, count_usable_images(data_dir)):
+            errors["data_dir"] = problem
     if output_dir.exists() and not output_dir.is_dir():
         errors["output_dir"] = f"{show_path(output_dir)} is a file: choose a folder."
     if errors:
