@@ -292,7 +292,7 @@ class TrainingForm(App[StartRequest | None]):
             self.query_one("#resume", Checkbox).value = resumable
         hint = f"{previous.checkpoints[-1].name} found" if resumable else "no checkpoint"
         if previous.checkpoints and not resumable:
-            hint = f"checkpoints of {previous.fingerprint.get('placeholder_token', '?')}"
+            hint = f"checkpoints of {previous.owner}"
         self.query_one("#resume-hint", Label).update(hint)
 
     def _model_changed(self) -> None:

@@ -19,7 +19,11 @@ from invokeai_ti.cli import build_parser, main, parse_config  # noqa: E402
 from invokeai_ti.command import command_line, config_to_argv  # noqa: E402
 from invokeai_ti.config import TrainingConfig  # noqa: E402
 from invokeai_ti.gui import CANCELLED_EXIT_CODE, StartRequest, TrainingForm  # noqa: E402
-from invokeai_ti.root import default_model_name, list_model_names  # noqa: E402
+from invokeai_ti.root import (  # noqa: E402
+    apply_root_defaults,
+    default_model_name,
+    list_model_names,
+)
 from invokeai_ti.tiny import write_models_yaml  # noqa: E402
 
 SIZE = (80, 24)
@@ -46,7 +50,9 @@ async def settle(pilot, app: TrainingForm) -> None:
     await pilot.pause()
 
 
-async def type_into(pilot, app: TrainingForm, widget_id: str, text: str, keys: bool = False) -> None:
+async def type_into(
+    pilot, app: TrainingForm, widget_id: str, text: str, keys: bool = False
+) -> None:
     """Replace a field's text: set it (the same Changed event as typing), or with `keys` type it
     key by key as a user would (slower)."""
     field = app.query_one(f"#{widget_id}")
@@ -64,9 +70,7 @@ def value(app: TrainingForm, widget_id: str):
 
 
 def shown_errors(app: TrainingForm) -> dict[str, str]:
-    return {
-        w.id.removesuffix("-error"): str(w.render()) for w in app.query(".error.shown")
-    }
+    return {w.id.removesuffix("-error"): str(w.render()) for w in app.query(".error.shown")}
 
 
 def make_checkpoint(output_dir: Path, step: int, token: str, **fingerprint) -> Path:
@@ -283,7 +287,9 @@ def test_trigger_the_tokenizer_knows_is_refused(tiny_sd1):
     tokenizer = choices.load_tokenizers(tiny_sd1)[0]
     tokenizer.add_tokens(["<known>"])
     config = TrainingConfig(placeholder_token="<known>", initializer_token="*")
-    assert "already in the model's vocabulary" in form.token_problems(config, [tokenizer])["trigger"]
+    assert (
+        "already in the model's vocabulary" in form.token_problems(config, [tokenizer])["trigger"]
+    )
     config = TrainingConfig(placeholder_token="<new>", initializer_token="*")
     assert form.token_problems(config, [tokenizer]) == {}
 
@@ -409,6 +415,14 @@ def test_gui_without_a_terminal_or_textual_is_one_line(cli, root, monkeypatch):
     assert result.code == 2 and "pip install 'invokeai-ti[gui]'" in result.err
 
 
+def test_a_root_without_diffusers_models_is_one_line(cli, tmp_path, monkeypatch):
+    monkeypatch.setattr("invokeai_ti.gui.has_terminal", lambda: True)
+    result = cli("--gui", "--root_dir", tmp_path / "empty-root")
+    assert result.code == 2
+    assert result.err.startswith("invokeai-ti: error: --gui: no diffusers models in ")
+    assert len(result.err.strip().splitlines()) == 1
+
+
 # --- the equivalent command -----------------------------------------------------------------------
 
 
@@ -459,6 +473,8 @@ def test_gui_trains_the_tiny_model_and_installs_the_embedding(root, monkeypatch,
     training on the tiny model, the embedding copied into ROOT/embeddings/<trigger>/."""
     import torch
 
+    from invokeai_ti import training
+
     async def fill_and_start(pilot) -> None:
         app = pilot.app
         await pilot.pause()
@@ -469,10 +485,13 @@ def test_gui_trains_the_tiny_model_and_installs_the_embedding(root, monkeypatch,
         await pilot.press("ctrl+s")
         await settle(pilot, app)
 
-    real_run = TrainingForm.run
+    real_run, real_train, trained = TrainingForm.run, training.train, []
     monkeypatch.setattr(TrainingForm, "run", lambda self: real_run(
         self, headless=True, size=SIZE, auto_pilot=fill_and_start))  # fmt: skip
     monkeypatch.setattr("invokeai_ti.gui.has_terminal", lambda: True)
+    monkeypatch.setattr(
+        training, "train", lambda config: real_train(trained.append(config) or config)
+    )
     flags = ["--seed", "0", "--repeats", "1", "--report_to", "none", "--log_format", "plain"]
     code = main(["--gui", "--root_dir", str(root), *flags])
     out = capsys.readouterr().out
@@ -483,6 +502,8 @@ def test_gui_trains_the_tiny_model_and_installs_the_embedding(root, monkeypatch,
     assert (config.max_train_steps, config.train_batch_size, config.resolution) == (2, 2, 64)
     assert (config.learning_rate, config.seed, config.repeats) == (0.005, 0, 1)
     assert config.only_save_embeds and config.root_dir == root
+    # The printed command is exactly the run: the CLI would train this same config.
+    assert trained == [apply_root_defaults(config)]
     learned = torch.load(root / "text-inversion-output" / "psychedelic" / "learned_embeds.bin",
                          weights_only=True)  # fmt: skip
     copy = root / "embeddings" / "psychedelic" / "learned_embeds.bin"
