@@ -294,6 +294,18 @@ def test_trigger_the_tokenizer_knows_is_refused(tiny_sd1):
     assert form.token_problems(config, [tokenizer]) == {}
 
 
+def test_sdxl_tokens_are_checked_with_both_tokenizers(tmp_path, tiny_sdxl):
+    root = tmp_path / "root"
+    write_models_yaml(root, {"sdxl": tiny_sdxl})
+    info = choices.inspect_model(root, "sdxl")
+    assert (info.folder, info.native, info.problem) == (tiny_sdxl, 64, None)
+    tokenizers = choices.load_tokenizers(tiny_sdxl)
+    assert len(tokenizers) == 2
+    tokenizers[1].add_tokens(["<only-in-the-second>"])
+    config = TrainingConfig(placeholder_token="<only-in-the-second>")
+    assert "trigger" in form.token_problems(config, tokenizers)
+
+
 def test_resume_of_a_checkpoint_with_other_settings_is_refused_in_the_form(root):
     make_checkpoint(root / "text-inversion-output" / "psychedelic", 4, "<psychedelic>",
                     resolution=512)  # fmt: skip
