@@ -6,13 +6,17 @@ pipe or a CI log, so logs are not flooded with carriage returns.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from invokeai_ti.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +29,8 @@ class StepStats:
     lr: float
     steps_per_s: float
     eta_s: float
-    extra: dict[str, float] = field(default_factory=dict)
+    embedding_norm: float = float("nan")  # mean L2 norm of the trainable vectors
+    nonfinite_steps: int = 0  # updates skipped so far because the loss was not finite
 
 
 class ProgressReporter:
@@ -40,6 +45,7 @@ class ProgressReporter:
         enabled: bool = True,
         tracker_dir: Path | None = None,
         report_to: str = "none",
+        tracker_config: dict[str, Any] | None = None,
     ) -> None:
         self.enabled = enabled
         self.total = total_steps
@@ -51,49 +57,67 @@ class ProgressReporter:
         if self.format == "tqdm":
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total_steps, initial=start_step, desc="Steps", dynamic_ncols=True)
-        self.writer = _tensorboard_writer(tracker_dir, report_to) if enabled else None
+            # tqdm shows the rate (step/s) and the ETA itself; the postfix adds loss and lr.
+            self.bar = tqdm(total=total_steps, initial=start_step, desc="Steps", unit="step",
+                            dynamic_ncols=True)  # fmt: skip
+        self.writer = self.wandb = None
+        if enabled and tracker_dir is not None:
+            self.writer = _tensorboard_writer(tracker_dir, report_to)
+            self.wandb = _wandb_run(tracker_dir, report_to, tracker_config or {})
 
-    def stats(self, step: int, loss: float, lr: float) -> StepStats:
+    def stats(self, step: int, loss: float, lr: float, embedding_norm: float = float("nan"),
+              nonfinite_steps: int = 0) -> StepStats:  # fmt: skip
         elapsed = time.perf_counter() - self.started
         done = step - self.start_step
         rate = done / elapsed if elapsed > 0 and done > 0 else 0.0
         eta = (self.total - step) / rate if rate else float("nan")
-        return StepStats(step, self.total, loss, lr, rate, eta)
+        return StepStats(step, self.total, loss, lr, rate, eta, embedding_norm, nonfinite_steps)
 
     def step(self, stats: StepStats) -> None:
         if not self.enabled:
             return
-        if self.writer is not None:
-            self.writer.add_scalar("train/loss", stats.loss, stats.step)
-            self.writer.add_scalar("train/lr", stats.lr, stats.step)
-            self.writer.add_scalar("train/steps_per_s", stats.steps_per_s, stats.step)
-            for key, value in stats.extra.items():
-                self.writer.add_scalar(f"train/{key}", value, stats.step)
+        self.scalars({"train/loss": stats.loss, "train/lr": stats.lr,
+                      "train/steps_per_s": stats.steps_per_s,
+                      "train/embedding_norm": stats.embedding_norm,
+                      "train/nonfinite_steps": stats.nonfinite_steps}, stats.step)  # fmt: skip
         if self.bar is not None:
             self.bar.update(stats.step - self.bar.n)
-            self.bar.set_postfix(loss=f"{stats.loss:.4f}", lr=f"{stats.lr:.2e}")
+            postfix = dict(loss=f"{stats.loss:.4f}", lr=f"{stats.lr:.2e}")
+            if stats.nonfinite_steps:
+                postfix["skipped"] = stats.nonfinite_steps
+            self.bar.set_postfix(postfix, refresh=False)
             return
         if stats.step % self.every and stats.step != self.total:
             return
         if self.format == "json":
-            record = {
-                "event": "step",
-                "step": stats.step,
-                "total": stats.total,
-                "loss": round(stats.loss, 6),
-                "lr": stats.lr,
-                "steps_per_s": round(stats.steps_per_s, 4),
-                "eta_s": None if stats.eta_s != stats.eta_s else round(stats.eta_s, 1),
-                **stats.extra,
-            }
-            print(json.dumps(record), flush=True)
+            print(json.dumps(step_record(stats)), flush=True)
         else:
+            skipped = f", {stats.nonfinite_steps} skipped (loss not finite)" if stats.nonfinite_steps else ""
             print(
                 f"step {stats.step}/{stats.total} loss {stats.loss:.4f} lr {stats.lr:.3g} "
-                f"{stats.steps_per_s:.2f} steps/s",
+                f"{stats.steps_per_s:.2f} steps/s eta {format_eta(stats.eta_s)}{skipped}",
                 flush=True,
             )
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        """Numbers for the trackers (TensorBoard, wandb) only."""
+        if self.writer is not None:
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, value, step)
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+
+    def image(self, tag: str, image: Any, step: int) -> None:
+        """A PIL image (a validation grid) for the trackers."""
+        if self.writer is not None:
+            import numpy as np
+
+            self.writer.add_image(tag, np.asarray(image.convert("RGB")), step, dataformats="HWC")
+            self.writer.flush()
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({tag: wandb.Image(image)}, step=step)
 
     def message(self, text: str) -> None:
         """A line for the user that must not break the bar."""
@@ -104,15 +128,58 @@ class ProgressReporter:
         elif self.format != "json":
             print(text, flush=True)
 
-    def finish(self, outputs: dict[str, Any]) -> None:
+    def warning(self, text: str) -> None:
+        """A warning that must not break the bar; on stderr otherwise, so JSON stdout stays clean."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(f"WARNING: {text}", file=sys.stderr)
+        else:
+            log.warning(text)
+
+    def finish(self, outputs: dict[str, Any], event: str = "done") -> None:
+        """Close the bar and trackers; in JSON mode one last object with `event` and `outputs`."""
         if not self.enabled:
             return
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
         if self.writer is not None:
             self.writer.close()
+            self.writer = None
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
         if self.format == "json":
-            print(json.dumps({"event": "done", **outputs}), flush=True)
+            print(json.dumps({"event": event, **outputs}), flush=True)
+
+
+def step_record(stats: StepStats) -> dict[str, Any]:
+    """One JSON line; non-finite numbers become null so strict JSON parsers accept every line."""
+    return {
+        "event": "step",
+        "step": stats.step,
+        "total": stats.total,
+        "loss": _finite(stats.loss, 6),
+        "lr": stats.lr,
+        "steps_per_s": _finite(stats.steps_per_s, 4),
+        "eta_s": _finite(stats.eta_s, 1),
+        "eta": format_eta(stats.eta_s),
+        "embedding_norm": _finite(stats.embedding_norm, 6),
+        "nonfinite_steps": stats.nonfinite_steps,
+    }
+
+
+def _finite(value: float, digits: int) -> float | None:
+    return round(value, digits) if math.isfinite(value) else None
+
+
+def format_eta(seconds: float) -> str:
+    """H:MM:SS, or '?' before the rate is known."""
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
 def _resolve_format(log_format: str) -> str:
@@ -121,8 +188,18 @@ def _resolve_format(log_format: str) -> str:
     return "tqdm" if sys.stdout.isatty() else "plain"
 
 
-def _tensorboard_writer(folder: Path | None, report_to: str):
-    if folder is None or report_to not in ("tensorboard", "all"):
+def check_report_to(report_to: str) -> None:
+    """Fail before any model is loaded when the tracker asked for by name is missing.
+
+    `all` (as in accelerate) means every tracker that is installed, so it never fails.
+    """
+    if report_to == "wandb" and importlib.util.find_spec("wandb") is None:
+        raise UserError("--report_to wandb: wandb is not installed; `pip install wandb` or use "
+                        "--report_to tensorboard or none.")  # fmt: skip
+
+
+def _tensorboard_writer(folder: Path, report_to: str):
+    if report_to not in ("tensorboard", "all"):
         return None
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -130,6 +207,15 @@ def _tensorboard_writer(folder: Path | None, report_to: str):
         log.info("tensorboard is not installed: no TensorBoard logs (pip install tensorboard).")
         return None
     return SummaryWriter(log_dir=str(folder))
+
+
+def _wandb_run(folder: Path, report_to: str, config: dict[str, Any]):
+    if report_to not in ("wandb", "all") or importlib.util.find_spec("wandb") is None:
+        return None
+    import wandb
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return wandb.init(project="invokeai-ti", dir=str(folder), config=config)
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from invokeai_ti import checkpoint as ckpt
-from invokeai_ti import dataset, export, formats, latents, optim
+from invokeai_ti import dataset, export, formats, latents, optim, validation
 from invokeai_ti.config import TrainingConfig
 from invokeai_ti.embedding import (
     Placeholder,
@@ -24,7 +25,7 @@ from invokeai_ti.embedding import (
 )
 from invokeai_ti.errors import TrainingStopped
 from invokeai_ti.models import Components, load_components
-from invokeai_ti.progress import ProgressReporter, RunResult, format_plan
+from invokeai_ti.progress import ProgressReporter, RunResult, check_report_to, format_plan
 from invokeai_ti.root import check_writable, logging_path, resolve_model
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class Run:
     learning_rate: float
     resumed_from: Any = None
     time_ids: torch.Tensor | None = None  # SDXL: [num_images, 6] size and crop conditioning
+    initial_vectors: list[torch.Tensor] | None = None  # the initializer's, for the quality report
 
     @property
     def is_main(self) -> bool:
@@ -129,6 +131,7 @@ def setup(config: TrainingConfig) -> Run:
               None, torch.amp.GradScaler(state.device.type, enabled=components.weight_dtype
                                          == torch.float16),
               ckpt.Progress(seed=seed), total, micro, state.process_index, state.num_processes, lr)  # fmt: skip
+    run.initial_vectors = [ph.detached() for ph in placeholders]  # before resume overwrites them
     # 9. Resume last: it loads into the optimizer and may move the schedule's start.
     if resume_folder is not None:
         resume(run, resume_folder)
@@ -212,7 +215,10 @@ def optimizer_step(run: Run, samples_of_epoch: list[dataset.Sample]) -> float:
         torch.distributed.all_reduce(total_loss)
         total_loss /= run.world_size
     loss = total_loss.item()
-    if loss == loss and abs(loss) != float("inf"):
+    # The fp16 scaler skips non-finite gradients itself; without it they would poison the vectors.
+    grads_finite = run.scaler.is_enabled() or all(
+        q.grad is None or bool(torch.isfinite(q.grad).all()) for q in params)  # fmt: skip
+    if math.isfinite(loss) and grads_finite:
         run.scaler.step(run.optimizer)
         run.scaler.update()
         p.nonfinite_streak = 0
@@ -229,15 +235,19 @@ def optimizer_step(run: Run, samples_of_epoch: list[dataset.Sample]) -> float:
 
 def train(config: TrainingConfig) -> RunResult:
     """Set up, loop until the total or a stop request, then write the final files."""
+    check_report_to(config.report_to)
     run = setup(config)
     if config.dry_run:
         return RunResult(0, format_plan(run))
     p = run.progress
     reporter = ProgressReporter(config.log_format, run.total_steps, p.step, config.log_every_steps,
                                 enabled=run.is_main, tracker_dir=logging_path(config),
-                                report_to=config.report_to)  # fmt: skip
+                                report_to=config.report_to, tracker_config=config.to_dict())  # fmt: skip
     if p.step >= run.total_steps:
         reporter.message(f"Already trained {p.step} of {run.total_steps} steps; writing the outputs.")
+    elif p.step == 0 and run.is_main and validation.validation_every(config):
+        validate(run, reporter)  # step 0: what the initializer alone gives, to compare against
+    last_good = [ph.detached() for ph in run.placeholders]
     samples, samples_epoch = [], -1
     with ckpt.StopRequest() as stop:
         while p.step < run.total_steps:
@@ -245,36 +255,64 @@ def train(config: TrainingConfig) -> RunResult:
                 samples_epoch = p.epoch
                 samples = dataset.epoch_samples(len(run.images.paths), config.repeats,
                                                 run.prompt_ids[0].shape[0], p.seed, p.epoch)  # fmt: skip
-            last_good = [ph.detached() for ph in run.placeholders]
+            before = [ph.detached() for ph in run.placeholders]
             p.losses.append(optimizer_step(run, samples))
-            reporter.step(reporter.stats(p.step, p.losses[-1], run.schedule.get_last_lr()[0]))
+            if math.isfinite(p.losses[-1]):
+                last_good = before  # the newest vectors whose loss was finite
+            report_step(run, reporter)
             periodic_jobs(run, reporter)
             if p.nonfinite_streak >= MAX_NONFINITE_IN_A_ROW:
-                raise_nonfinite(run, last_good)
+                raise_nonfinite(run, last_good, reporter)
             if stop.requested:
                 folder = save_state(run)
-                reporter.finish({"stopped_at": p.step, "checkpoint": str(folder)})
+                reporter.finish({"stopped_at": p.step, "checkpoint": str(folder)}, event="stopped")
                 return RunResult(stop.exit_code, [
                     f"Stopped at step {p.step}: checkpoint saved in {folder}.",
                     "Resume with --resume_from_checkpoint=latest."])  # fmt: skip
-    files = finish(run)
+    files, observed = finish(run, reporter)
     if run.world_size > 1:
         torch.distributed.barrier()  # every process ends after the files exist
         torch.distributed.destroy_process_group()
-    reporter.finish({k: str(v) for k, v in dataclasses.asdict(files).items() if v} if files else {})
-    return RunResult(0, describe_outputs(run, files))
+    lines = describe_outputs(run, files, observed)
+    outputs = {**(dataclasses.asdict(files) if files else {}), **dataclasses.asdict(observed)}
+    reporter.finish({**{k: str(v) for k, v in outputs.items() if v},
+                     "nonfinite_steps": p.nonfinite_steps, "summary": lines})  # fmt: skip
+    # A script reading --log_format json gets the lines in the final object; stdout stays JSON.
+    return RunResult(0, [] if reporter.format == "json" else lines)
+
+
+def report_step(run: Run, reporter: ProgressReporter) -> None:
+    """Progress and tracker numbers for the step just done; a skipped update is said at once."""
+    p = run.progress
+    if p.nonfinite_streak:
+        reporter.warning(f"step {p.step}: the loss or its gradient is not finite ({p.losses[-1]}); "
+                         f"update skipped ({p.nonfinite_steps} so far).")  # fmt: skip
+    norm = run.placeholders[0].vectors.detach().float().norm(dim=-1).mean().item()
+    reporter.step(reporter.stats(p.step, p.losses[-1], run.schedule.get_last_lr()[0], norm,
+                                 p.nonfinite_steps))  # fmt: skip
 
 
 def periodic_jobs(run: Run, reporter: ProgressReporter) -> None:
-    """Intermediate embedding every --save_steps, checkpoint every --checkpointing_steps."""
+    """Intermediate embedding and loss plot every --save_steps, validation grid every
+    --validation_steps, checkpoint every --checkpointing_steps."""
     step, cfg = run.progress.step, run.config
     if not run.is_main or step == run.total_steps:
         return  # the final step is saved by finish()
     if step % cfg.save_steps == 0:
         export.save_step_embeds(cfg.output_dir, cfg.placeholder_token,
                                 [ph.vectors for ph in run.placeholders], step)  # fmt: skip
+        validation.save_loss_plot(cfg.output_dir, run.progress.losses)
+    every = validation.validation_every(cfg)
+    if every and step % every == 0:
+        validate(run, reporter)
     if step % cfg.checkpointing_steps == 0:
         reporter.message(f"Saved checkpoint {save_state(run)}")
+
+
+def validate(run: Run, reporter: ProgressReporter):
+    """The validation grid of the current step from the current vectors, at the run's seed."""
+    return validation.save_validation_grid(run.components, run.config, run.progress.step,
+                                           run.progress.seed, reporter)  # fmt: skip
 
 
 def save_state(run: Run):
@@ -297,19 +335,49 @@ def save_state(run: Run):
     return folder
 
 
-def raise_nonfinite(run: Run, last_good: list[torch.Tensor]) -> None:
+def raise_nonfinite(run: Run, last_good: list[torch.Tensor], reporter: ProgressReporter) -> None:
+    """Stop with the newest vectors whose loss was finite saved as the run's embedding."""
+    p = run.progress
     with torch.no_grad():
         for placeholder, vectors in zip(run.placeholders, last_good):
             placeholder.vectors.copy_(vectors)
-    files = finish(run) if run.is_main else None
+    files = save_outputs(run)
+    if files is not None:
+        validation.save_loss_plot(run.config.output_dir, p.losses)
     where = f" The last good embedding is in {files.main}." if files else ""
+    reporter.finish({"stopped_at": p.step, "nonfinite_steps": p.nonfinite_steps,
+                     "embeds_bin": str(files.main) if files else None}, event="stopped")  # fmt: skip
     raise TrainingStopped(
-        f"the loss was not finite for {MAX_NONFINITE_IN_A_ROW} steps in a row (step "
-        f"{run.progress.step}).{where} Try --mixed_precision bf16 or no, or a lower --learning_rate."
+        f"the loss was not finite for {MAX_NONFINITE_IN_A_ROW} steps in a row (step {p.step}, "
+        f"{p.nonfinite_steps} skipped in all).{where} Try --mixed_precision bf16, or no (fp32), "
+        "or a lower --learning_rate."
     )
 
 
-def finish(run: Run) -> export.ExportedFiles | None:
+def finish(run: Run, reporter: ProgressReporter):
+    """The final files, then what the run learned: loss plot, last grid, quality report."""
+    files = save_outputs(run)
+    observed = validation.Observed()
+    if files is None:
+        return None, observed
+    cfg, p = run.config, run.progress
+    observed.loss_plot = validation.save_loss_plot(cfg.output_dir, p.losses)
+    if validation.validation_every(cfg):
+        observed.validation_grid = validate(run, reporter)
+    report = validation.quality_report(run.components, run.placeholders, run.latent_source,
+                                       run.prompt_ids[0], run.initial_vectors, p.step,
+                                       2 * cfg.train_batch_size)  # no gradients: twice fits  # fmt: skip
+    if report is not None:
+        observed.report = validation.save_report(cfg.output_dir, report)
+        observed.quality = report.line()
+        reporter.scalars({"eval/loss_initializer": report.loss_initializer,
+                          "eval/loss_learned": report.loss_learned}, p.step)  # fmt: skip
+    if cfg.push_to_hub:
+        export.push_to_hub(cfg)  # last, so the upload has the report and the plot too
+    return files, observed
+
+
+def save_outputs(run: Run) -> export.ExportedFiles | None:
     """Final checkpoint (so the run can be extended later) and the embedding files."""
     if not run.is_main:
         return None
@@ -324,16 +392,22 @@ def finish(run: Run) -> export.ExportedFiles | None:
             )
     except OSError as exc:
         raise ckpt.check_disk_error(exc, cfg.output_dir) from exc
-    if cfg.push_to_hub:
-        export.push_to_hub(cfg)
     return files
 
 
-def describe_outputs(run: Run, files: export.ExportedFiles | None) -> list[str]:
+def describe_outputs(run: Run, files: export.ExportedFiles | None,
+                     observed: validation.Observed) -> list[str]:  # fmt: skip
     if files is None:
         return []
-    lines = [f"Trained {run.progress.step} steps. Embedding: {files.main}"]
+    p = run.progress
+    skipped = f" ({p.nonfinite_steps} updates skipped: loss not finite)" if p.nonfinite_steps else ""
+    lines = [f"Trained {p.step} steps{skipped}. Embedding: {files.main}"]
     lines += [f"Also written: {path}" for path in files.others]
+    if observed.quality:
+        lines.append(observed.quality)
+    if observed.loss_plot or observed.validation_grid:
+        shown = [str(x) for x in (observed.loss_plot, observed.validation_grid) if x]
+        lines.append(f"See what it learned: {', '.join(shown)}")
     if files.invokeai_copy:
         lines.append(f"Copied for InvokeAI to {files.invokeai_copy}")
     if files.pipeline_dir:

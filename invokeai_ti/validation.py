@@ -1,0 +1,378 @@
+"""What a run learned, made visible: validation grids, the loss plot, and the quality report
+(denoising loss of the learned embedding vs the initializer on fixed, held-out draws)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from invokeai_ti import dataset, latents
+from invokeai_ti.checkpoint import atomic_write, atomic_write_text, capture_rng, restore_rng
+from invokeai_ti.config import TrainingConfig
+from invokeai_ti.embedding import Placeholder, add_placeholder, prompt_text
+from invokeai_ti.errors import UserError
+from invokeai_ti.models import Components, load_components
+from invokeai_ti.root import resolve_model
+
+log = logging.getLogger(__name__)
+
+VALIDATION_DIR = "validation"
+LOSS_PLOT = "loss.png"
+REPORT = "report.json"
+NUM_INFERENCE_STEPS = 25
+GUIDANCE_SCALE = 7.5
+# The report's draws come from this seed; training seeds its generators from (seed, step, micro),
+# so the report never sees a (noise, timestep) pair the vectors were trained on.
+EVAL_SEED = 8_675_309
+DRAWS_PER_IMAGE = 16
+
+
+@dataclass
+class Observed:
+    """What finish() wrote to show what was learned (None: not written)."""
+
+    loss_plot: Path | None = None
+    validation_grid: Path | None = None
+    report: Path | None = None
+    quality: str | None = None  # the report's one line
+
+
+# --- validation images ---------------------------------------------------------------------------
+
+
+def validation_every(config: TrainingConfig) -> int:
+    """Steps between validation grids: --validation_steps, else --save_steps; 0 is off."""
+    return config.save_steps if config.validation_steps is None else config.validation_steps
+
+
+def validation_prompt(config: TrainingConfig) -> str:
+    """--validation_prompt with every placeholder token spelled out, or the first template."""
+    if not config.validation_prompt:
+        return dataset.templates_for(config.learnable_property)[0].format(prompt_text(config))
+    if prompt_text(config) in config.validation_prompt:
+        return config.validation_prompt
+    # "<tok>" alone names all vectors of a multi-vector trigger, as the training prompts do.
+    return config.validation_prompt.replace(config.placeholder_token or "", prompt_text(config))
+
+
+def save_validation_grid(
+    components: Components, config: TrainingConfig, step: int, seed: int, reporter: Any
+) -> Path | None:
+    """Images from the current vectors, always from the same seed so grids compare across steps;
+    written as validation/step-<N>.png and sent to the trackers. The global RNGs are untouched."""
+    if components.family == "sdxl":
+        log.info("Validation images are not available for SDXL yet; skipping them.")
+        return None
+    with preserved_rng():
+        images = generate_images(components, config, seed)
+    grid = make_grid(images)
+    path = config.output_dir / VALIDATION_DIR / f"step-{step}.png"
+    atomic_write(path, lambda tmp: grid.save(tmp, format="PNG"))
+    reporter.image("validation", grid, step)
+    return path
+
+
+@torch.no_grad()
+def generate_images(components: Components, config: TrainingConfig, seed: int) -> list:
+    """--num_validation_images images of the validation prompt: the frozen UNet and the text
+    encoder whose lookup already reads the trainable vectors; a VAE reloaded if it was freed."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    vae = components.vae or load_vae(components)
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=components.text_encoders[0], tokenizer=components.tokenizers[0],
+        unet=components.unet,
+        scheduler=DPMSolverMultistepScheduler.from_config(components.noise_scheduler.config),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    count = config.num_validation_images
+    # One CPU generator per image: the same pictures whatever the device or the batch split.
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(count)]
+    latent_images = pipe(
+        validation_prompt(config), height=config.resolution, width=config.resolution,
+        num_images_per_prompt=count, num_inference_steps=NUM_INFERENCE_STEPS,
+        guidance_scale=GUIDANCE_SCALE, generator=generators, output_type="latent",
+    ).images  # fmt: skip
+    # Decoded here in fp32: a half-precision UNet's latents would overflow an fp16 SD VAE.
+    pixels = vae.decode(latent_images.float() / latents.vae_scaling_factor(vae)).sample
+    return to_pil(pixels)
+
+
+def load_vae(components: Components) -> torch.nn.Module:
+    """The VAE freed after latent caching, loaded again (fp32) for decoding only."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(components.source.path, subfolder="vae",
+                                        local_files_only=True)  # fmt: skip
+    return vae.requires_grad_(False).eval().to(components.device)
+
+
+def to_pil(pixels: torch.Tensor) -> list:
+    """[B, 3, H, W] in [-1, 1] -> PIL images."""
+    from PIL import Image
+
+    array = ((pixels.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    return [Image.fromarray(x.permute(1, 2, 0).cpu().numpy()) for x in array]
+
+
+def make_grid(images: list) -> Any:
+    """The images in a near-square grid, row by row."""
+    from PIL import Image
+
+    columns = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    width, height = images[0].size
+    grid = Image.new("RGB", (columns * width, rows * height))
+    for index, image in enumerate(images):
+        grid.paste(image, ((index % columns) * width, (index // columns) * height))
+    return grid
+
+
+@contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Every global RNG (torch, CUDA, numpy, python) as it was before, so validation cannot shift
+    the training stream (resume exactness depends on it) even if a scheduler draws from them."""
+    tensors, states = capture_rng()
+    try:
+        yield
+    finally:
+        restore_rng(tensors, states)
+
+
+# --- loss plot -----------------------------------------------------------------------------------
+
+
+def moving_average(losses: list[float], window: int) -> list[float]:
+    """Mean of the finite losses among the last `window` steps (NaN where there are none)."""
+    out, recent = [], []
+    for loss in losses:
+        recent = (recent + [loss])[-window:]
+        finite = [x for x in recent if math.isfinite(x)]
+        out.append(sum(finite) / len(finite) if finite else float("nan"))
+    return out
+
+
+def smoothing_window(num_steps: int) -> int:
+    """About a tenth of the run, between 5 and 100 steps."""
+    return max(5, min(100, num_steps // 10))
+
+
+@lru_cache(maxsize=1)
+def _matplotlib() -> tuple[Any, Any] | None:
+    """matplotlib is optional: without it, one info line per process and no plot."""
+    try:
+        from matplotlib.figure import Figure  # a bare Figure renders with Agg: no GUI backend
+        from matplotlib.ticker import MaxNLocator
+    except ImportError:
+        log.info("matplotlib is not installed: no loss.png (pip install matplotlib).")
+        return None
+    return Figure, MaxNLocator
+
+
+def save_loss_plot(output_dir: Path, losses: list[float]) -> Path | None:
+    """loss.png: the loss of every step (non-finite ones left out) and its moving average."""
+    matplotlib = _matplotlib()
+    if matplotlib is None or not losses:
+        return None
+    figure_class, integer_ticks = matplotlib
+    window = smoothing_window(len(losses))
+    steps = list(range(1, len(losses) + 1))
+    shown = [x if math.isfinite(x) else float("nan") for x in losses]
+    figure = figure_class(figsize=(6.4, 3.6), dpi=100)
+    ax = figure.add_subplot()
+    ax.plot(steps, shown, linewidth=0.8, alpha=0.45, label="loss per step")
+    ax.plot(steps, moving_average(losses, window), linewidth=2, label=f"mean of {window} steps")
+    ax.xaxis.set_major_locator(integer_ticks(integer=True))
+    ax.set_xlabel("step")
+    ax.set_ylabel("denoising loss (MSE)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    figure.tight_layout()
+    return atomic_write(output_dir / LOSS_PLOT, lambda tmp: figure.savefig(tmp, format="png"))
+
+
+# --- quality report ------------------------------------------------------------------------------
+
+
+@dataclass
+class Draws:
+    """A fixed set of (image, flip, template, latent sample, noise, timestep) for the report."""
+
+    image_index: torch.Tensor  # [N]
+    flipped: torch.Tensor  # [N]
+    template_index: torch.Tensor  # [N]
+    latent_noise: torch.Tensor  # [N, C, h, w]: draws the latent from the cached distribution
+    noise: torch.Tensor  # [N, C, h, w]
+    t: torch.Tensor  # [N]
+
+
+def make_draws(num_images: int, num_templates: int, latent_shape: tuple[int, ...],
+               num_timesteps: int, seed: int, per_image: int = DRAWS_PER_IMAGE) -> Draws:  # fmt: skip
+    """`per_image` draws per image, timesteps stratified over the schedule (one per equal slice,
+    which halves the spread of the estimate compared with uniform timesteps)."""
+    g = torch.Generator().manual_seed(seed)
+    n = num_images * per_image
+    slot = torch.arange(per_image).repeat(num_images)  # which slice of the schedule
+    t = ((slot + torch.rand(n, generator=g)) * num_timesteps / per_image).long()
+    return Draws(
+        image_index=torch.arange(num_images).repeat_interleave(per_image),
+        flipped=torch.randint(0, 2, (n,), generator=g),
+        template_index=torch.randint(0, num_templates, (n,), generator=g),
+        latent_noise=torch.randn((n, *latent_shape), generator=g),
+        noise=torch.randn((n, *latent_shape), generator=g),
+        t=t.clamp(max=num_timesteps - 1),
+    )
+
+
+@torch.no_grad()
+def denoising_loss(components: Components, latent_source: latents.LatentSource,
+                   prompt_ids: torch.Tensor, draws: Draws, batch_size: int) -> float:  # fmt: skip
+    """Mean of the training objective (train_step's MSE) over `draws`; a test keeps the two equal."""
+    c, device = components, components.device
+    total = 0.0
+    for start in range(0, len(draws.t), batch_size):
+        part = slice(start, start + batch_size)
+        t = draws.t[part].to(device)
+        x0 = latent_source.draw(draws.image_index[part], draws.flipped[part], draws.latent_noise[part])
+        noise = draws.noise[part].to(device)
+        x_t = c.noise_scheduler.add_noise(x0, noise, t)
+        half = c.weight_dtype != torch.float32
+        with torch.autocast(device.type, dtype=c.weight_dtype, enabled=half):
+            hidden = c.text_encoders[0](prompt_ids[draws.template_index[part].to(device)])[0]
+            pred = c.unet(x_t.to(c.weight_dtype), t, hidden.to(c.weight_dtype)).sample
+        if c.prediction_type == "v_prediction":
+            target = c.noise_scheduler.get_velocity(x0, noise, t)
+        else:
+            target = noise
+        total += (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3)).sum().item()
+    return total / len(draws.t)
+
+
+@dataclass
+class QualityReport:
+    step: int
+    loss_initializer: float
+    loss_learned: float
+    num_images: int
+    num_draws: int
+    seed: int
+
+    @property
+    def change_percent(self) -> float:
+        return 100 * (self.loss_learned - self.loss_initializer) / self.loss_initializer
+
+    def line(self) -> str:
+        return (f"Quality: loss {self.loss_initializer:.3f} -> {self.loss_learned:.3f} "
+                f"({self.change_percent:+.0f} %) vs initializer, on {self.num_draws} held-out "
+                f"draws over {self.num_images} training images.")  # fmt: skip
+
+
+def quality_report(components: Components, placeholders: list[Placeholder],
+                   latent_source: latents.LatentSource, prompt_ids: torch.Tensor,
+                   initial: list[torch.Tensor], step: int, batch_size: int,
+                   seed: int = EVAL_SEED) -> QualityReport | None:  # fmt: skip
+    """The denoising loss on the same draws with the initializer's vectors and with the current
+    (learned) ones; the placeholders hold the learned vectors again afterwards."""
+    if components.family == "sdxl":
+        log.info("The quality report is not available for SDXL yet; skipping it.")
+        return None
+    num_images = latent_source.mean.shape[0] if latent_source.mean is not None else (
+        latent_source.pixels.shape[0])  # fmt: skip
+    draws = make_draws(num_images, prompt_ids.shape[0], latent_source.latent_shape,
+                       components.noise_scheduler.config.num_train_timesteps, seed)  # fmt: skip
+    learned = [ph.detached() for ph in placeholders]
+    losses = {}
+    for name, vectors in (("initializer", initial), ("learned", learned)):
+        with torch.no_grad():
+            for placeholder, v in zip(placeholders, vectors):
+                placeholder.vectors.copy_(v)
+        losses[name] = denoising_loss(components, latent_source, prompt_ids, draws, batch_size)
+    return QualityReport(step, losses["initializer"], losses["learned"], num_images,
+                         len(draws.t), seed)  # fmt: skip
+
+
+def save_report(output_dir: Path, report: QualityReport) -> Path:
+    document = dict(asdict(report), change_percent=round(report.change_percent, 2))
+    return atomic_write_text(output_dir / REPORT, json.dumps(document, indent=1) + "\n")
+
+
+def evaluate_output(config: TrainingConfig, seed: int = EVAL_SEED) -> str:
+    """--eval_only: the quality report of a finished output folder, with the settings it was
+    trained with (from its newest checkpoint) and its learned_embeds.safetensors."""
+    from accelerate import PartialState
+
+    run_config = _trained_config(config)
+    learned, step = _read_learned(run_config)
+    device = PartialState().device
+    components = load_components(run_config, resolve_model(run_config), device)
+    placeholders = [add_placeholder(run_config, components.tokenizers[0], components.text_encoders[0])]
+    if learned.shape != placeholders[0].vectors.shape:
+        raise UserError(
+            f"{run_config.output_dir / 'learned_embeds.safetensors'} holds vectors of shape "
+            f"{tuple(learned.shape)}, the model expects {tuple(placeholders[0].vectors.shape)}: "
+            "is this folder from another model or --num_vectors?"
+        )
+    initial = [ph.detached() for ph in placeholders]
+    with torch.no_grad():
+        placeholders[0].vectors.copy_(learned)
+    images = dataset.load_training_images(run_config.train_data_dir, run_config.resolution,
+                                          run_config.center_crop, 0)  # fmt: skip
+    source = latents.build_latent_source(components.vae, images.pixels, cache=True)
+    prompts = [t.format(prompt_text(run_config)) for t in dataset.templates_for(
+        run_config.learnable_property)]  # fmt: skip
+    tok = components.tokenizers[0]
+    prompt_ids = tok(prompts, padding="max_length", truncation=True, max_length=tok.model_max_length,
+                     return_tensors="pt").input_ids.to(device)  # fmt: skip
+    report = quality_report(components, placeholders, source, prompt_ids, initial, step,
+                            run_config.train_batch_size, seed)  # fmt: skip
+    if report is None:
+        raise UserError("--eval_only: the quality report supports SD1 and SD2 models only for now.")
+    path = save_report(run_config.output_dir, report)
+    return f"{report.line()} Written to {path}."
+
+
+def _trained_config(config: TrainingConfig) -> TrainingConfig:
+    """The config stored in the newest checkpoint (model, data, resolution, initializer as trained),
+    or the flags given if the folder has no checkpoint."""
+    from invokeai_ti.checkpoint import STATE_FILE, list_checkpoints
+
+    checkpoints = list_checkpoints(config.output_dir)
+    if not checkpoints:
+        log.info("No checkpoint in %s: evaluating with the flags given.", config.output_dir)
+        return config
+    saved = json.loads((checkpoints[-1] / STATE_FILE).read_text())["config"]
+    trained = TrainingConfig.from_dict(saved)
+    trained.output_dir = config.output_dir  # the folder may have moved since
+    log.info("Evaluating with the settings of %s.", checkpoints[-1])
+    return trained
+
+
+def _read_learned(config: TrainingConfig) -> tuple[torch.Tensor, int]:
+    """The [num_vectors, dim] vectors and step of learned_embeds.safetensors."""
+    from safetensors import safe_open
+
+    path = config.output_dir / "learned_embeds.safetensors"
+    if not path.is_file():
+        raise UserError(
+            f"--eval_only: {path} does not exist; train first, or point --output_dir (or "
+            "--placeholder_token) at a finished run."
+        )
+    with safe_open(str(path), framework="pt") as handle:
+        step = int((handle.metadata() or {}).get("step", 0))
+        keys = list(handle.keys())
+        if config.placeholder_token not in keys:
+            raise UserError(
+                f"--eval_only: {path} holds {', '.join(keys)}, not {config.placeholder_token}: "
+                "give the --placeholder_token it was trained with."
+            )
+        vectors = handle.get_tensor(config.placeholder_token).float()
+    return vectors.reshape(-1, vectors.shape[-1]), step
