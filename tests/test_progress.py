@@ -9,8 +9,8 @@ import types
 
 import pytest
 import torch
-
 from conftest import TINY_FLAGS, run_subprocess
+
 from invokeai_ti import progress
 
 

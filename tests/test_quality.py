@@ -7,8 +7,8 @@ import re
 
 import pytest
 import torch
-
 from conftest import TINY_FLAGS
+
 from invokeai_ti import training, validation
 from invokeai_ti.cli import parse_config
 from invokeai_ti.root import apply_root_defaults

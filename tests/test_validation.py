@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_FLAGS
 from PIL import Image
 
-from conftest import TINY_FLAGS
 from invokeai_ti import validation
 from invokeai_ti.config import TrainingConfig
 
