@@ -364,9 +364,10 @@ def finish(run: Run, reporter: ProgressReporter):
     observed.loss_plot = validation.save_loss_plot(cfg.output_dir, p.losses)
     if validation.validation_every(cfg):
         observed.validation_grid = validate(run, reporter)
+    # No gradients are kept, so twice the training batch fits where training did.
     report = validation.quality_report(run.components, run.placeholders, run.latent_source,
                                        run.prompt_ids[0], run.initial_vectors, p.step,
-                                       2 * cfg.train_batch_size)  # no gradients: twice fits  # fmt: skip
+                                       2 * cfg.train_batch_size)  # fmt: skip
     if report is not None:
         observed.report = validation.save_report(cfg.output_dir, report)
         observed.quality = report.line()

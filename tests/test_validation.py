@@ -74,7 +74,8 @@ class NoTracker:
 
 
 def test_validation_leaves_the_training_stream_and_resume_exact(root, cli, tmp_path):
-    flags = ("--max_train_steps", "6", "--save_steps", "3", "--checkpointing_steps", "3")
+    flags = ("--max_train_steps", "6", "--save_steps", "3", "--checkpointing_steps", "3",
+             "--num_validation_images", "1")  # fmt: skip
     on, off, resumed = tmp_path / "on", tmp_path / "off", tmp_path / "resumed"
     assert cli(*train_flags(root, on, *flags, "--validation_steps", "1")).code == 0
     assert len(list((on / "validation").iterdir())) == 7  # steps 0..6
