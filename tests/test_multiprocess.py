@@ -41,7 +41,11 @@ def test_two_processes_train_one_embedding_like_one_process_with_twice_the_batch
     assert "Traceback" not in two.stderr
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
         "checkpoint-2", "checkpoint-4", "learned_embeds.bin", "learned_embeds.safetensors",
+        "loss.png", "report.json", "validation",
     ]  # fmt: skip
+    # Rank 0 alone drew the grids (step 0 and the end) while rank 1 waited.
+    assert sorted(p.name for p in (tmp_path / "two" / "validation").iterdir()) == [
+        "step-0.png", "step-4.png"]  # fmt: skip
     one = cli(*common, "--train_batch_size", "2", "--output_dir", tmp_path / "one")
     assert one.code == 0, one.err
     learned_two = torch.load(tmp_path / "two/learned_embeds.bin", weights_only=True)["<psychedelic>"]
