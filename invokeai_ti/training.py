@@ -235,7 +235,8 @@ def optimizer_step(run: Run, samples_of_epoch: list[dataset.Sample]) -> float:
 
 def train(config: TrainingConfig) -> RunResult:
     """Set up, loop until the total or a stop request, then write the final files."""
-    check_report_to(config.report_to)
+    check_report_to(config.report_to)  # flag problems fail before any model is loaded
+    validation.check_validation_prompt(config)
     run = setup(config)
     if config.dry_run:
         return RunResult(0, format_plan(run))

@@ -64,6 +64,17 @@ def validation_prompt(config: TrainingConfig) -> str:
     return config.validation_prompt.replace(config.placeholder_token or "", prompt_text(config))
 
 
+def check_validation_prompt(config: TrainingConfig) -> None:
+    """A prompt without the trigger would draw the same grid at every step: refuse it up front."""
+    prompt = config.validation_prompt
+    if prompt and validation_every(config) and (config.placeholder_token or "") not in prompt:
+        raise UserError(
+            f"--validation_prompt '{prompt}' does not contain {config.placeholder_token}, so the "
+            "grids would not show what is learned: put the trigger in it, e.g. "
+            f"'a photo of {config.placeholder_token} on a beach'."
+        )
+
+
 def save_validation_grid(
     components: Components, config: TrainingConfig, step: int, seed: int, reporter: Any
 ) -> Path | None:

@@ -105,6 +105,22 @@ def test_validation_prompt_names_every_vector():
     assert validation.validation_every(TrainingConfig(save_steps=7, validation_steps=0)) == 0
 
 
+def test_validation_prompt_without_the_trigger_is_refused(root, cli, tmp_path):
+    result = cli(*train_flags(root, tmp_path / "out", "--validation_prompt", "a red disc"))
+    assert result.code == 2
+    assert result.err.strip().splitlines() == [
+        "invokeai-ti: error: --validation_prompt 'a red disc' does not contain <psychedelic>, so "
+        "the grids would not show what is learned: put the trigger in it, e.g. 'a photo of "
+        "<psychedelic> on a beach'."
+    ]
+    assert not (tmp_path / "out").exists()
+    custom = cli(*train_flags(root, tmp_path / "ok", "--validation_prompt", "a <psychedelic> disc",
+                              "--num_validation_images", "1"))  # fmt: skip
+    assert custom.code == 0, custom.err
+    assert sorted(p.name for p in (tmp_path / "ok" / "validation").iterdir()) == [
+        "step-0.png", "step-4.png"]  # fmt: skip
+
+
 def test_moving_average_skips_non_finite_losses():
     losses = [1.0, 3.0, float("nan"), 5.0, float("inf"), 7.0]
     average = validation.moving_average(losses, 2)
