@@ -276,7 +276,8 @@ def train(config: TrainingConfig) -> RunResult:
         torch.distributed.destroy_process_group()
     lines = describe_outputs(run, files, observed)
     outputs = {**(dataclasses.asdict(files) if files else {}), **dataclasses.asdict(observed)}
-    reporter.finish({**{k: str(v) for k, v in outputs.items() if v},
+    reporter.finish({**{k: [str(x) for x in v] if isinstance(v, list) else str(v)
+                        for k, v in outputs.items() if v},
                      "nonfinite_steps": p.nonfinite_steps, "summary": lines})  # fmt: skip
     # A script reading --log_format json gets the lines in the final object; stdout stays JSON.
     return RunResult(0, [] if reporter.format == "json" else lines)
@@ -347,7 +348,7 @@ def raise_nonfinite(run: Run, last_good: list[torch.Tensor], reporter: ProgressR
         validation.save_loss_plot(run.config.output_dir, p.losses)
     where = f" The last good embedding is in {files.main}." if files else ""
     reporter.finish({"stopped_at": p.step, "nonfinite_steps": p.nonfinite_steps,
-                     "embeds_bin": str(files.main) if files else None}, event="stopped")  # fmt: skip
+                     "embedding": str(files.main) if files else None}, event="stopped")  # fmt: skip
     raise TrainingStopped(
         f"the loss was not finite for {MAX_NONFINITE_IN_A_ROW} steps in a row (step {p.step}, "
         f"{p.nonfinite_steps} skipped in all).{where} Try --mixed_precision bf16, or no (fp32), "
@@ -367,13 +368,12 @@ def finish(run: Run, reporter: ProgressReporter):
         observed.validation_grid = validate(run, reporter)
     # No gradients are kept, so twice the training batch fits where training did.
     report = validation.quality_report(run.components, run.placeholders, run.latent_source,
-                                       run.prompt_ids[0], run.initial_vectors, p.step,
+                                       run.prompt_ids, run.time_ids, run.initial_vectors, p.step,
                                        2 * cfg.train_batch_size)  # fmt: skip
-    if report is not None:
-        observed.report = validation.save_report(cfg.output_dir, report)
-        observed.quality = report.line()
-        reporter.scalars({"eval/loss_initializer": report.loss_initializer,
-                          "eval/loss_learned": report.loss_learned}, p.step)  # fmt: skip
+    observed.report = validation.save_report(cfg.output_dir, report)
+    observed.quality = report.line()
+    reporter.scalars({"eval/loss_initializer": report.loss_initializer,
+                      "eval/loss_learned": report.loss_learned}, p.step)  # fmt: skip
     if cfg.push_to_hub:
         export.push_to_hub(cfg)  # last, so the upload has the report and the plot too
     return files, observed

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -18,10 +19,9 @@ import torch
 from invokeai_ti import dataset, latents
 from invokeai_ti.checkpoint import atomic_write, atomic_write_text, capture_rng, restore_rng
 from invokeai_ti.config import TrainingConfig
-from invokeai_ti.embedding import Placeholder, add_placeholder, prompt_text
+from invokeai_ti.embedding import Placeholder, encode_prompts, prompt_text
 from invokeai_ti.errors import UserError
-from invokeai_ti.models import Components, load_components
-from invokeai_ti.root import resolve_model
+from invokeai_ti.models import Components, load_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,6 @@ def save_validation_grid(
 ) -> Path | None:
     """Images from the current vectors, always from the same seed so grids compare across steps;
     written as validation/step-<N>.png and sent to the trackers. The global RNGs are untouched."""
-    if components.family == "sdxl":
-        log.info("Validation images are not available for SDXL yet; skipping them.")
-        return None
     with preserved_rng():
         images = generate_images(components, config, seed)
     grid = make_grid(images)
@@ -95,16 +92,9 @@ def save_validation_grid(
 @torch.no_grad()
 def generate_images(components: Components, config: TrainingConfig, seed: int) -> list:
     """--num_validation_images images of the validation prompt: the frozen UNet and the text
-    encoder whose lookup already reads the trainable vectors; a VAE reloaded if it was freed."""
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
-
-    vae = components.vae or load_vae(components)
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=components.text_encoders[0], tokenizer=components.tokenizers[0],
-        unet=components.unet,
-        scheduler=DPMSolverMultistepScheduler.from_config(components.noise_scheduler.config),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )  # fmt: skip
+    encoder(s) whose lookup already reads the trainable vectors; a VAE reloaded if it was freed."""
+    vae = components.vae or load_vae(components, config)
+    pipe = build_pipeline(components, vae)
     pipe.set_progress_bar_config(disable=True)
     count = config.num_validation_images
     # One CPU generator per image: the same pictures whatever the device or the batch split.
@@ -119,12 +109,37 @@ def generate_images(components: Components, config: TrainingConfig, seed: int) -
     return to_pil(pixels)
 
 
-def load_vae(components: Components) -> torch.nn.Module:
-    """The VAE freed after latent caching, loaded again (fp32) for decoding only."""
-    from diffusers import AutoencoderKL
+def build_pipeline(components: Components, vae: torch.nn.Module) -> Any:
+    """A diffusers pipeline over the frozen components (nothing is copied or loaded)."""
+    from diffusers import (
+        DPMSolverMultistepScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+    )
 
-    vae = AutoencoderKL.from_pretrained(components.source.path, subfolder="vae",
-                                        local_files_only=True)  # fmt: skip
+    c = components
+    scheduler = DPMSolverMultistepScheduler.from_config(c.noise_scheduler.config)
+    if c.family == "sdxl":
+        return StableDiffusionXLPipeline(
+            vae=vae, text_encoder=c.text_encoders[0], text_encoder_2=c.text_encoders[1],
+            tokenizer=c.tokenizers[0], tokenizer_2=c.tokenizers[1], unet=c.unet, scheduler=scheduler,
+        )  # fmt: skip
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=c.text_encoders[0], tokenizer=c.tokenizers[0], unet=c.unet,
+        scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )  # fmt: skip
+
+
+def load_vae(components: Components, config: TrainingConfig) -> torch.nn.Module:
+    """The VAE freed after latent caching, loaded again (fp32) for decoding only."""
+    source = components.source
+    if source.kind == "single_file":  # its VAE is inside the one checkpoint file
+        vae = load_pipeline(config, source).vae.float()
+    else:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(source.path, subfolder="vae", local_files_only=True)
     return vae.requires_grad_(False).eval().to(components.device)
 
 
@@ -247,7 +262,8 @@ def make_draws(num_images: int, num_templates: int, latent_shape: tuple[int, ...
 
 @torch.no_grad()
 def denoising_loss(components: Components, latent_source: latents.LatentSource,
-                   prompt_ids: torch.Tensor, draws: Draws, batch_size: int) -> float:  # fmt: skip
+                   prompt_ids: list[torch.Tensor], time_ids: torch.Tensor | None, draws: Draws,
+                   batch_size: int) -> float:  # fmt: skip
     """Mean of the training objective (train_step's MSE) over `draws`; a test keeps the two equal."""
     c, device = components, components.device
     total = 0.0
@@ -258,9 +274,12 @@ def denoising_loss(components: Components, latent_source: latents.LatentSource,
         noise = draws.noise[part].to(device)
         x_t = c.noise_scheduler.add_noise(x0, noise, t)
         half = c.weight_dtype != torch.float32
+        templates = draws.template_index[part].to(device)
+        image_time_ids = time_ids[draws.image_index[part]] if time_ids is not None else None
         with torch.autocast(device.type, dtype=c.weight_dtype, enabled=half):
-            hidden = c.text_encoders[0](prompt_ids[draws.template_index[part].to(device)])[0]
-            pred = c.unet(x_t.to(c.weight_dtype), t, hidden.to(c.weight_dtype)).sample
+            hidden, added = encode_prompts(c, prompt_ids, templates, image_time_ids)
+            pred = c.unet(x_t.to(c.weight_dtype), t, hidden.to(c.weight_dtype),
+                          added_cond_kwargs=added).sample  # fmt: skip
         if c.prediction_type == "v_prediction":
             target = c.noise_scheduler.get_velocity(x0, noise, t)
         else:
@@ -289,17 +308,14 @@ class QualityReport:
 
 
 def quality_report(components: Components, placeholders: list[Placeholder],
-                   latent_source: latents.LatentSource, prompt_ids: torch.Tensor,
-                   initial: list[torch.Tensor], step: int, batch_size: int,
-                   seed: int = EVAL_SEED) -> QualityReport | None:  # fmt: skip
+                   latent_source: latents.LatentSource, prompt_ids: list[torch.Tensor],
+                   time_ids: torch.Tensor | None, initial: list[torch.Tensor], step: int,
+                   batch_size: int, seed: int = EVAL_SEED) -> QualityReport:  # fmt: skip
     """The denoising loss on the same draws with the initializer's vectors and with the current
     (learned) ones; the placeholders hold the learned vectors again afterwards."""
-    if components.family == "sdxl":
-        log.info("The quality report is not available for SDXL yet; skipping it.")
-        return None
-    num_images = latent_source.mean.shape[0] if latent_source.mean is not None else (
-        latent_source.pixels.shape[0])  # fmt: skip
-    draws = make_draws(num_images, prompt_ids.shape[0], latent_source.latent_shape,
+    cached = latent_source.mean if latent_source.mean is not None else latent_source.pixels
+    num_images = cached.shape[0]
+    draws = make_draws(num_images, prompt_ids[0].shape[0], latent_source.latent_shape,
                        components.noise_scheduler.config.num_train_timesteps, seed)  # fmt: skip
     learned = [ph.detached() for ph in placeholders]
     losses = {}
@@ -307,7 +323,8 @@ def quality_report(components: Components, placeholders: list[Placeholder],
         with torch.no_grad():
             for placeholder, v in zip(placeholders, vectors):
                 placeholder.vectors.copy_(v)
-        losses[name] = denoising_loss(components, latent_source, prompt_ids, draws, batch_size)
+        losses[name] = denoising_loss(components, latent_source, prompt_ids, time_ids, draws,
+                                      batch_size)  # fmt: skip
     return QualityReport(step, losses["initializer"], losses["learned"], num_images,
                          len(draws.t), seed)  # fmt: skip
 
@@ -318,73 +335,28 @@ def save_report(output_dir: Path, report: QualityReport) -> Path:
 
 
 def evaluate_output(config: TrainingConfig, seed: int = EVAL_SEED) -> str:
-    """--eval_only: the quality report of a finished output folder, with the settings it was
-    trained with (from its newest checkpoint) and its learned_embeds.safetensors."""
-    from accelerate import PartialState
-
-    run_config = _trained_config(config)
-    learned, step = _read_learned(run_config)
-    device = PartialState().device
-    components = load_components(run_config, resolve_model(run_config), device)
-    placeholders = [add_placeholder(run_config, components.tokenizers[0], components.text_encoders[0])]
-    if learned.shape != placeholders[0].vectors.shape:
-        raise UserError(
-            f"{run_config.output_dir / 'learned_embeds.safetensors'} holds vectors of shape "
-            f"{tuple(learned.shape)}, the model expects {tuple(placeholders[0].vectors.shape)}: "
-            "is this folder from another model or --num_vectors?"
-        )
-    initial = [ph.detached() for ph in placeholders]
-    with torch.no_grad():
-        placeholders[0].vectors.copy_(learned)
-    images = dataset.load_training_images(run_config.train_data_dir, run_config.resolution,
-                                          run_config.center_crop, 0)  # fmt: skip
-    source = latents.build_latent_source(components.vae, images.pixels, cache=True)
-    prompts = [t.format(prompt_text(run_config)) for t in dataset.templates_for(
-        run_config.learnable_property)]  # fmt: skip
-    tok = components.tokenizers[0]
-    prompt_ids = tok(prompts, padding="max_length", truncation=True, max_length=tok.model_max_length,
-                     return_tensors="pt").input_ids.to(device)  # fmt: skip
-    report = quality_report(components, placeholders, source, prompt_ids, initial, step,
-                            run_config.train_batch_size, seed)  # fmt: skip
-    if report is None:
-        raise UserError("--eval_only: the quality report supports SD1 and SD2 models only for now.")
-    path = save_report(run_config.output_dir, report)
-    return f"{report.line()} Written to {path}."
-
-
-def _trained_config(config: TrainingConfig) -> TrainingConfig:
-    """The config stored in the newest checkpoint (model, data, resolution, initializer as trained),
-    or the flags given if the folder has no checkpoint."""
+    """--eval_only: the quality report of a finished output folder, from its newest checkpoint
+    with the settings it was trained with (model, images, prompts, initializer)."""
+    # --eval_only is an action beside training, not a part of it: it needs the run exactly as
+    # training.setup() rebuilds it on resume (SDXL time ids, single files, --init_embedding),
+    # so it borrows setup() rather than keep a second copy that could drift.
     from invokeai_ti.checkpoint import STATE_FILE, list_checkpoints
+    from invokeai_ti.training import setup
 
     checkpoints = list_checkpoints(config.output_dir)
     if not checkpoints:
-        log.info("No checkpoint in %s: evaluating with the flags given.", config.output_dir)
-        return config
-    saved = json.loads((checkpoints[-1] / STATE_FILE).read_text())["config"]
-    trained = TrainingConfig.from_dict(saved)
-    trained.output_dir = config.output_dir  # the folder may have moved since
-    log.info("Evaluating with the settings of %s.", checkpoints[-1])
-    return trained
-
-
-def _read_learned(config: TrainingConfig) -> tuple[torch.Tensor, int]:
-    """The [num_vectors, dim] vectors and step of learned_embeds.safetensors."""
-    from safetensors import safe_open
-
-    path = config.output_dir / "learned_embeds.safetensors"
-    if not path.is_file():
         raise UserError(
-            f"--eval_only: {path} does not exist; train first, or point --output_dir (or "
-            "--placeholder_token) at a finished run."
+            f"--eval_only: {config.output_dir} has no checkpoint-<step> folder; train first, or "
+            "point --output_dir (or --placeholder_token) at a finished run."
         )
-    with safe_open(str(path), framework="pt") as handle:
-        step = int((handle.metadata() or {}).get("step", 0))
-        keys = list(handle.keys())
-        if config.placeholder_token not in keys:
-            raise UserError(
-                f"--eval_only: {path} holds {', '.join(keys)}, not {config.placeholder_token}: "
-                "give the --placeholder_token it was trained with."
-            )
-        vectors = handle.get_tensor(config.placeholder_token).float()
-    return vectors.reshape(-1, vectors.shape[-1]), step
+    saved = json.loads((checkpoints[-1] / STATE_FILE).read_text())["config"]
+    trained = dataclasses.replace(TrainingConfig.from_dict(saved), output_dir=config.output_dir,
+                                  resume_from_checkpoint=str(checkpoints[-1]), eval_only=True,
+                                  dry_run=False)  # fmt: skip
+    log.info("Evaluating %s with the settings it was trained with.", checkpoints[-1])
+    run = setup(trained)
+    report = quality_report(run.components, run.placeholders, run.latent_source, run.prompt_ids,
+                            run.time_ids, run.initial_vectors, run.progress.step,
+                            2 * trained.train_batch_size, seed)  # fmt: skip
+    path = save_report(trained.output_dir, report)
+    return f"{report.line()} Written to {path}."

@@ -73,18 +73,20 @@ def test_eval_only_without_a_finished_run_is_one_line(root, cli, tmp_path):
                  "--output_dir", tmp_path / "nothing")  # fmt: skip
     assert result.code == 2
     assert len(result.err.strip().splitlines()) == 1
-    assert "learned_embeds.safetensors does not exist; train first" in result.err
+    assert "nothing has no checkpoint-<step> folder; train first" in result.err
 
 
-def test_report_loss_is_the_training_loss(root, tmp_path):
-    """denoising_loss on the draws train_step would make gives train_step's loss."""
-    flags = [str(f) for f in train_flags(root, tmp_path / "out")]
-    config = apply_root_defaults(parse_config(flags)[0])
-    run = training.setup(config)
+@pytest.mark.parametrize("family", ["sd2", "sdxl"])
+def test_report_loss_is_the_training_loss(family, request, root, tmp_path):
+    """denoising_loss on the draws train_step would make gives train_step's loss (SD2: v-prediction
+    target; SDXL: two encoders, pooled embeds and time ids)."""
+    model = request.getfixturevalue(f"tiny_{family}")
+    flags = [str(f) for f in train_flags(root, tmp_path / "out", "--model", model)]
+    run = training.setup(apply_root_defaults(parse_config(flags)[0]))
     samples = [training.dataset.Sample(1, 1, 3), training.dataset.Sample(2, 0, 5)]
     with torch.no_grad():
         expected = training.train_step(run, samples, torch.Generator().manual_seed(7)).item()
-    g = torch.Generator().manual_seed(7)
+    g = torch.Generator().manual_seed(7)  # the draws in train_step's order
     shape = run.latent_source.latent_shape
     latent_noise, noise = torch.randn((2, *shape), generator=g), torch.randn((2, *shape), generator=g)
     draws = validation.Draws(
@@ -92,7 +94,8 @@ def test_report_loss_is_the_training_loss(root, tmp_path):
         template_index=torch.tensor([3, 5]), latent_noise=latent_noise, noise=noise,
         t=torch.randint(0, 1000, (2,), generator=g),
     )  # fmt: skip
-    got = validation.denoising_loss(run.components, run.latent_source, run.prompt_ids[0], draws, 2)
+    got = validation.denoising_loss(run.components, run.latent_source, run.prompt_ids,
+                                    run.time_ids, draws, 2)  # fmt: skip
     assert got == pytest.approx(expected, rel=1e-5)
     # Stratified timesteps: one per tenth of the schedule for each image.
     fixed = validation.make_draws(2, 5, shape, 1000, seed=0, per_image=10)
@@ -161,7 +164,7 @@ def test_a_diverging_learning_rate_keeps_the_initializer(root, tiny_sd1, cli, tm
     assert result.code == 1
     records = [json.loads(line) for line in result.out.splitlines()]
     assert records[-1] == {"event": "stopped", "stopped_at": 11, "nonfinite_steps": 10,
-                           "embeds_bin": str(out / "learned_embeds.bin")}  # fmt: skip
+                           "embedding": str(out / "learned_embeds.bin")}  # fmt: skip
     from safetensors.torch import load_file
 
     weights = load_file(str(tiny_sd1 / "text_encoder" / "model.safetensors"))

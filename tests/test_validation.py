@@ -73,6 +73,39 @@ class NoTracker:
         self.images.append((tag, image.size, step))
 
 
+def test_single_file_model_draws_the_same_grid_as_its_folder(root, tiny_sd1, cli, tmp_path):
+    """The VAE freed after caching is loaded again from the one checkpoint file."""
+    from safetensors.torch import save_file
+    from test_single_file import to_single_file
+
+    single = tmp_path / "tiny-sd1.safetensors"
+    save_file(to_single_file(tiny_sd1), single)
+    grids = {}
+    for name, model in (("folder", tiny_sd1), ("file", single)):
+        out = tmp_path / name
+        result = cli(*train_flags(root, out, "--model", model, "--max_train_steps", "2",
+                                  "--num_validation_images", "2"))  # fmt: skip
+        assert result.code == 0, result.err
+        grids[name] = pixels(out / "validation" / "step-2.png")
+    assert grids["file"].shape == (64, 128, 3)
+    assert np.array_equal(grids["file"], grids["folder"])  # same weights, same seed: same pixels
+
+
+def test_sdxl_grids_and_report(root, tiny_sdxl, cli, tmp_path):
+    out = tmp_path / "out"
+    result = cli(*train_flags(root, out, "--model", tiny_sdxl, "--max_train_steps", "2",
+                              "--save_steps", "1", "--num_validation_images", "2"))  # fmt: skip
+    assert result.code == 0, result.err
+    assert sorted(p.name for p in (out / "validation").iterdir()) == [
+        "step-0.png", "step-1.png", "step-2.png"]  # fmt: skip
+    first, last = pixels(out / "validation" / "step-0.png"), pixels(out / "validation" / "step-2.png")
+    assert first.shape == (64, 128, 3) and np.abs(first - last).mean() > 0.5
+    import json
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["step"] == 2 and report["loss_learned"] != report["loss_initializer"]
+
+
 def test_validation_leaves_the_training_stream_and_resume_exact(root, cli, tmp_path):
     flags = ("--max_train_steps", "6", "--save_steps", "3", "--checkpointing_steps", "3",
              "--num_validation_images", "1")  # fmt: skip
