@@ -12,7 +12,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -243,3 +243,29 @@ def format_plan(run: Any) -> list[str]:
         f"Outputs: {cfg.output_dir}" + (
             f"; copy to {cfg.root_dir}/embeddings/{cfg.trigger}/" if cfg.copy_to_embeddings else ""),
     ]  # fmt: skip
+
+
+def describe_outputs(progress: Any, files: Any, observed: Any) -> list[str]:
+    """The lines a finished run ends with: what was trained, where it is, how good it is."""
+    if files is None:
+        return []
+    p = progress
+    skipped = f" ({p.nonfinite_steps} updates skipped: loss not finite)" if p.nonfinite_steps else ""
+    lines = [f"Trained {p.step} steps{skipped}. Embedding: {files.main}"]
+    lines += [f"Also written: {path}" for path in files.others]
+    if observed.quality:
+        lines.append(observed.quality)
+    if observed.loss_plot or observed.validation_grid:
+        shown = [str(x) for x in (observed.loss_plot, observed.validation_grid) if x]
+        lines.append(f"See what it learned: {', '.join(shown)}")
+    if files.invokeai_copy:
+        lines.append(f"Copied for InvokeAI to {files.invokeai_copy}")
+    if files.pipeline_dir:
+        lines.append(f"Full pipeline with the new token: {files.pipeline_dir}")
+    return lines
+
+
+def output_paths(*records: Any) -> dict[str, Any]:
+    """The set fields of result dataclasses, paths as strings, for the final JSON object."""
+    fields = {k: v for record in records if record is not None for k, v in asdict(record).items()}
+    return {k: [str(x) for x in v] if isinstance(v, list) else str(v) for k, v in fields.items() if v}

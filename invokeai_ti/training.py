@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from invokeai_ti import checkpoint as ckpt
-from invokeai_ti import dataset, export, formats, latents, optim, validation
+from invokeai_ti import dataset, export, formats, latents, optim, progress, validation
 from invokeai_ti.config import TrainingConfig
 from invokeai_ti.embedding import (
     Placeholder,
@@ -25,7 +25,7 @@ from invokeai_ti.embedding import (
 )
 from invokeai_ti.errors import TrainingStopped
 from invokeai_ti.models import Components, load_components
-from invokeai_ti.progress import ProgressReporter, RunResult, check_report_to, format_plan
+from invokeai_ti.progress import ProgressReporter, RunResult, format_plan
 from invokeai_ti.root import check_writable, logging_path, resolve_model
 
 log = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ def optimizer_step(run: Run, samples_of_epoch: list[dataset.Sample]) -> float:
 
 def train(config: TrainingConfig) -> RunResult:
     """Set up, loop until the total or a stop request, then write the final files."""
-    check_report_to(config.report_to)  # flag problems fail before any model is loaded
+    progress.check_report_to(config.report_to)  # flag problems fail before any model is loaded
     validation.check_validation_prompt(config)
     run = setup(config)
     if config.dry_run:
@@ -274,11 +274,9 @@ def train(config: TrainingConfig) -> RunResult:
     if run.world_size > 1:
         torch.distributed.barrier()  # every process ends after the files exist
         torch.distributed.destroy_process_group()
-    lines = describe_outputs(run, files, observed)
-    outputs = {**(dataclasses.asdict(files) if files else {}), **dataclasses.asdict(observed)}
-    reporter.finish({**{k: [str(x) for x in v] if isinstance(v, list) else str(v)
-                        for k, v in outputs.items() if v},
-                     "nonfinite_steps": p.nonfinite_steps, "summary": lines})  # fmt: skip
+    lines = progress.describe_outputs(p, files, observed)
+    reporter.finish({**progress.output_paths(files, observed), "nonfinite_steps": p.nonfinite_steps,
+                     "summary": lines})  # fmt: skip
     # A script reading --log_format json gets the lines in the final object; stdout stays JSON.
     return RunResult(0, [] if reporter.format == "json" else lines)
 
@@ -395,23 +393,3 @@ def save_outputs(run: Run) -> export.ExportedFiles | None:
     except OSError as exc:
         raise ckpt.check_disk_error(exc, cfg.output_dir) from exc
     return files
-
-
-def describe_outputs(run: Run, files: export.ExportedFiles | None,
-                     observed: validation.Observed) -> list[str]:  # fmt: skip
-    if files is None:
-        return []
-    p = run.progress
-    skipped = f" ({p.nonfinite_steps} updates skipped: loss not finite)" if p.nonfinite_steps else ""
-    lines = [f"Trained {p.step} steps{skipped}. Embedding: {files.main}"]
-    lines += [f"Also written: {path}" for path in files.others]
-    if observed.quality:
-        lines.append(observed.quality)
-    if observed.loss_plot or observed.validation_grid:
-        shown = [str(x) for x in (observed.loss_plot, observed.validation_grid) if x]
-        lines.append(f"See what it learned: {', '.join(shown)}")
-    if files.invokeai_copy:
-        lines.append(f"Copied for InvokeAI to {files.invokeai_copy}")
-    if files.pipeline_dir:
-        lines.append(f"Full pipeline with the new token: {files.pipeline_dir}")
-    return lines
