@@ -83,7 +83,14 @@ def save_validation_grid(
     with preserved_rng():
         images = generate_images(components, config, seed)
     grid = make_grid(images)
-    path = config.output_dir / VALIDATION_DIR / f"step-{step}.png"
+    folder = config.output_dir / VALIDATION_DIR
+    if step == 0:  # a new run: an earlier run's grids in this folder would mix with this one's
+        stale = list(folder.glob("step-*.png"))
+        for old in stale:
+            old.unlink()
+        if stale:
+            log.info("Removed %d validation grids of an earlier run from %s.", len(stale), folder)
+    path = folder / f"step-{step}.png"
     atomic_write(path, lambda tmp: grid.save(tmp, format="PNG"))
     reporter.image("validation", grid, step)
     return path

@@ -31,9 +31,11 @@ def learned(out) -> torch.Tensor:
 
 def test_grids_at_validation_steps_from_a_fixed_seed(root, tiny_sd1, cli, tmp_path):
     out = tmp_path / "out"
+    (out / "validation").mkdir(parents=True)
+    (out / "validation" / "step-900.png").write_bytes(b"an earlier run's grid")
     result = cli(*train_flags(root, out, "--save_steps", "2", "--num_validation_images", "3"))
     assert result.code == 0, result.err
-    grids = sorted(p.name for p in (out / "validation").iterdir())
+    grids = sorted(p.name for p in (out / "validation").iterdir())  # step-900 of the old run: gone
     # step 0 (the initializer alone), every --save_steps (the default), and the last step
     assert grids == ["step-0.png", "step-2.png", "step-4.png"]
     first, last = pixels(out / "validation" / "step-0.png"), pixels(out / "validation" / "step-4.png")
