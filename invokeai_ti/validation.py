@@ -50,7 +50,10 @@ class Observed:
 
 
 def validation_every(config: TrainingConfig) -> int:
-    """Steps between validation grids: --validation_steps, else --save_steps; 0 is off."""
+    """Steps between validation grids: --validation_steps, else --save_steps; 0 (or no images) is
+    off."""
+    if config.num_validation_images == 0:
+        return 0
     return config.save_steps if config.validation_steps is None else config.validation_steps
 
 
@@ -111,9 +114,10 @@ def generate_images(components: Components, config: TrainingConfig, seed: int) -
         num_images_per_prompt=count, num_inference_steps=NUM_INFERENCE_STEPS,
         guidance_scale=GUIDANCE_SCALE, generator=generators, output_type="latent",
     ).images  # fmt: skip
-    # Decoded here in fp32: a half-precision UNet's latents would overflow an fp16 SD VAE.
-    pixels = vae.decode(latent_images.float() / latents.vae_scaling_factor(vae)).sample
-    return to_pil(pixels)
+    # Decoded in fp32 (the VAE's dtype) one image at a time: a 512 px fp32 decode of a whole
+    # batch would need gigabytes next to the training state.
+    scaled = latent_images.float() / latents.vae_scaling_factor(vae)
+    return [to_pil(vae.decode(x[None]).sample)[0] for x in scaled]
 
 
 def build_pipeline(components: Components, vae: torch.nn.Module) -> Any:

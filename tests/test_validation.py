@@ -138,6 +138,7 @@ def test_validation_prompt_names_every_vector():
     assert validation.validation_prompt(style) == "a painting in the style of <s>"
     assert validation.validation_every(TrainingConfig(save_steps=7)) == 7
     assert validation.validation_every(TrainingConfig(save_steps=7, validation_steps=0)) == 0
+    assert validation.validation_every(TrainingConfig(num_validation_images=0)) == 0
 
 
 def test_validation_prompt_without_the_trigger_is_refused(root, cli, tmp_path):
