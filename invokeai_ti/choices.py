@@ -50,8 +50,9 @@ def model_choices(root: Path, requested: str) -> tuple[list[str], str]:
         names.insert(0, requested)  # a folder given with --model stays selectable
     if not names:
         raise UserError(
-            f"--gui: no diffusers models in {root / 'configs' / 'models.yaml'}: install one in "
-            "InvokeAI, or start with --gui --model /path/to/a/diffusers-folder."
+            f"--gui: no diffusers models in {root / 'configs' / 'models.yaml'} or InvokeAI's "
+            "model database: install one in InvokeAI, or start with --gui --model "
+            "/path/to/a/diffusers-folder."
         )
     for candidate in (
         requested if requested != TrainingConfig.model else None,

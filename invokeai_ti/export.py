@@ -18,6 +18,8 @@ import torch
 
 from invokeai_ti.checkpoint import atomic_write, save_tensors, save_torch
 from invokeai_ti.config import TrainingConfig
+from invokeai_ti.formats import INVOKEAI_BASE_BY_DIM
+from invokeai_ti.registry import SETTINGS_FILE
 from invokeai_ti.root import ModelSource, embeddings_dir
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ class ExportedFiles:
     embeds_bin: Path | None  # learned_embeds.bin (SD1/SD2 with the diffusers format)
     embeds_safetensors: Path | None  # learned_embeds.safetensors (SDXL: clip_l + clip_g)
     invokeai_copy: Path | None = None
+    invokeai_install: str | None = None  # InvokeAI 3+: how to add the file in its Model Manager
     pipeline_dir: Path | None = None
     others: list[Path] = field(default_factory=list)  # per-encoder, A1111 and ComfyUI files
 
@@ -112,7 +115,23 @@ def save_final_embeds(
         files.others += save_a1111(comfyui_dir, config.trigger, vectors, trained_steps, source)
     if config.copy_to_embeddings:
         files.invokeai_copy = copy_to_invokeai(config.root_dir, config.trigger, token, vectors)
+    if (config.root_dir / SETTINGS_FILE).is_file():
+        files.invokeai_install = install_instruction(
+            files.invokeai_copy or files.main, vectors, source
+        )
     return files
+
+
+def install_instruction(path: Path, vectors: list[torch.Tensor], source: ModelSource | None) -> str:
+    """InvokeAI 3+ reads no embeddings folder by itself: the one line that says how to add it."""
+    base = source.base if source and source.base else None
+    if base is None:
+        width = vectors[-1].shape[-1]
+        base = "sdxl" if len(vectors) == 2 else INVOKEAI_BASE_BY_DIM.get(width, "unknown")
+    return (
+        f"To use it in InvokeAI 3+: Model Manager -> Add Models -> URL or Local Path -> {path} "
+        f"(a textual inversion for {base} models)."
+    )
 
 
 def _save_diffusers(

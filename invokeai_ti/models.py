@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 from dataclasses import dataclass
@@ -74,7 +75,7 @@ def load_components(config: TrainingConfig, source: ModelSource, device: torch.d
         unet=unet,
         noise_scheduler=noise_scheduler,
         family=family,
-        source=source,
+        source=dataclasses.replace(source, base=family),  # exports name the family checked here
         weight_dtype=dtype,
         device=device,
     )

@@ -258,10 +258,12 @@ def describe_outputs(progress: Any, files: Any, observed: Any) -> list[str]:
     if observed.loss_plot or observed.validation_grid:
         shown = [str(x) for x in (observed.loss_plot, observed.validation_grid) if x]
         lines.append(f"See what it learned: {', '.join(shown)}")
-    if files.invokeai_copy:
+    if files.invokeai_copy and not files.invokeai_install:
         lines.append(f"Copied for InvokeAI to {files.invokeai_copy}")
     if files.pipeline_dir:
         lines.append(f"Full pipeline with the new token: {files.pipeline_dir}")
+    if files.invokeai_install:
+        lines.append(files.invokeai_install)  # last: the one thing left to do
     return lines
 
 

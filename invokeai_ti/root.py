@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from invokeai_ti import registry
 from invokeai_ti.config import TrainingConfig
 from invokeai_ti.errors import ModelError, UserError
 
@@ -31,6 +32,7 @@ class ModelSource:
     name: str  # what the user asked for, for messages
     base: str | None = None  # family the registry claims (sd-1, sd-2, sdxl), checked after loading
     config: Path | None = None  # single file: models.yaml `config` (diffusers folder or LDM .yaml)
+    prediction_type: str | None = None  # single file: what InvokeAI 4+'s record says, if anything
 
 
 def find_root(root_dir: Path | None) -> Path:
@@ -95,22 +97,39 @@ def read_models_yaml(root: Path) -> dict[str, dict]:
         raise ModelError(f"{path} is not valid YAML{where}: fix or remove that file.") from exc
     if not isinstance(data, dict):
         raise ModelError(f"{path} does not hold a mapping of model names: fix or remove that file.")
-    return {name: entry for name, entry in data.items() if isinstance(entry, dict)}
+    # 3.x's models.yaml opens with a `__metadata__` mapping that names no model.
+    return {
+        name: entry
+        for name, entry in data.items()
+        if isinstance(entry, dict) and not str(name).startswith("__")
+    }
 
 
 def list_model_names(root: Path) -> list[str]:
-    """The diffusers models a front end offers, in the registry's order (single files cannot be
-    trained yet, see models.py)."""
-    return [
+    """The diffusers models a front end offers, as --model accepts them: models.yaml's names, then
+    the database's trainable ones (NAME:BASE where one name has several bases). The front end
+    reads each model's tokenizers from its folder, so single files are not offered."""
+    names = [
         name
         for name, entry in read_models_yaml(root).items()
         if entry.get("format", "diffusers") == "diffusers"
     ]
+    records = registry.read_main_models(root)
+    for record in records:
+        if record.format != "diffusers" or record.base not in registry.TRAINABLE_BASES:
+            continue
+        shared = sum(other.name == record.name for other in records) > 1
+        name = record.label if shared or record.name in names else record.name
+        if name not in names:
+            names.append(name)
+    return names
 
 
 def default_model_name(root: Path) -> str | None:
     """The model the registry marks `default: true`, if any."""
-    return next((name for name, entry in read_models_yaml(root).items() if entry.get("default")), None)
+    return next(
+        (name for name, entry in read_models_yaml(root).items() if entry.get("default")), None
+    )
 
 
 def resolve_model(config: TrainingConfig) -> ModelSource:
@@ -120,6 +139,9 @@ def resolve_model(config: TrainingConfig) -> ModelSource:
     entries = read_models_yaml(root)
     if name in entries:
         return _source_from_yaml_entry(root, name, entries[name], config.revision)
+    records = registry.find_registered(root, name)
+    if records:
+        return _source_from_record(root, name, records)
     path = _absolute(Path(name))
     if path.is_dir():
         if not (path / "model_index.json").is_file():
@@ -138,18 +160,64 @@ def resolve_model(config: TrainingConfig) -> ModelSource:
         return ModelSource(
             path=_hub_snapshot(name, config.revision, root), kind="diffusers", name=name
         )
-    known = ", ".join(sorted(entries)) or f"none (no {root / 'configs' / 'models.yaml'})"
+    known = (
+        ", ".join(list_model_names(root)) or f"none (no models.yaml or model database in {root})"
+    )
     raise ModelError(
-        f"--model '{name}' is not a model name in models.yaml, a folder or a file. "
-        f"Known names: {known}."
+        f"--model '{name}' is not a model name in models.yaml or InvokeAI's database, a folder or a "
+        f"file. Known names: {known}."
     )
 
 
-def _source_from_yaml_entry(root: Path, name: str, entry: dict, revision: str | None) -> ModelSource:
+def _source_from_record(
+    root: Path, name: str, records: list[registry.RegisteredModel]
+) -> ModelSource:
+    """One row of InvokeAI 4+'s models table -> a ModelSource whose base load_components checks."""
+    if len(records) > 1:
+        listed = "; ".join(f"{r.label} ({r.format}, {r.path})" for r in records)
+        raise ModelError(
+            f"--model '{name}' names {len(records)} models in InvokeAI's database: {listed}. "
+            "Pass --model NAME:BASE or the model's path."
+        )
+    record = records[0]
+    if record.base not in registry.TRAINABLE_BASES:
+        raise ModelError(
+            f"--model '{name}' is a {record.base} model; this trainer trains "
+            f"{', '.join(registry.TRAINABLE_BASES)} models only: pick one of those."
+        )
+    kind = registry.DB_FORMATS.get(record.format)
+    if kind is None:
+        raise ModelError(
+            f"--model '{name}' is stored as '{record.format}', which this trainer cannot load: "
+            "pick a diffusers or checkpoint model."
+        )
+    exists = record.path.is_dir() if kind == "diffusers" else record.path.is_file()
+    if not exists:
+        raise ModelError(
+            f"--model '{name}': InvokeAI's database points to {record.path}, which is missing: "
+            "reinstall the model in InvokeAI or pass --model its path."
+        )
+    config_path = record.config.get("config_path")
+    config = _under_root(root, config_path) if isinstance(config_path, str) else None
+    prediction = record.config.get("prediction_type")
+    return ModelSource(
+        path=record.path,
+        kind=kind,
+        name=name,
+        base=record.base,
+        config=config if config is not None and config.is_file() else None,
+        prediction_type=prediction if prediction in ("epsilon", "v_prediction") else None,
+    )
+
+
+def _source_from_yaml_entry(
+    root: Path, name: str, entry: dict, revision: str | None
+) -> ModelSource:
     fmt = entry.get("format", "diffusers")
+    weights = entry.get("weights") or entry.get("path")  # 2.3: weights; 3.x: path
     if fmt == "diffusers":
         if entry.get("path"):
-            path = _under_root(root, entry["path"])
+            path = _under_models(root, entry["path"])
             if not (path / "model_index.json").is_file():
                 raise ModelError(
                     f"models.yaml entry '{name}' points to {path}, which is not a diffusers "
@@ -160,8 +228,8 @@ def _source_from_yaml_entry(root: Path, name: str, entry: dict, revision: str | 
             return ModelSource(
                 path=_hub_snapshot(entry["repo_id"], revision, root), kind="diffusers", name=name
             )
-    if fmt in ("ckpt", "checkpoint", "safetensors") and entry.get("weights"):
-        path = _under_root(root, entry["weights"])
+    if fmt in ("ckpt", "checkpoint", "safetensors") and weights:
+        path = _under_models(root, weights)
         if not path.is_file():
             raise ModelError(f"models.yaml entry '{name}' names {path}, which does not exist.")
         config = _under_root(root, entry["config"]) if entry.get("config") else None
@@ -170,6 +238,12 @@ def _source_from_yaml_entry(root: Path, name: str, entry: dict, revision: str | 
         f"models.yaml entry '{name}' has format '{fmt}' without a usable path or repo_id: "
         "use a diffusers model (convert it in InvokeAI's model manager) or pass a folder to --model."
     )
+
+
+def _under_models(root: Path, value: str) -> Path:
+    """A models.yaml model path: 2.3 wrote it relative to the root, 3.x to its models_dir."""
+    settings = registry.read_settings(root)
+    return _under_root(settings.models_dir if settings else root, value)
 
 
 def _hub_snapshot(repo_id: str, revision: str | None, root: Path) -> Path:
@@ -212,4 +286,6 @@ def check_writable(folder: Path, flag: str) -> None:
     while not probe_dir.exists():
         probe_dir = probe_dir.parent
     if not os.access(probe_dir, os.W_OK):
-        raise UserError(f"{flag} {folder} is not writable: choose another folder or fix permissions.")
+        raise UserError(
+            f"{flag} {folder} is not writable: choose another folder or fix permissions."
+        )

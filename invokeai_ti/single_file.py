@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from invokeai_ti.errors import ModelError
+from invokeai_ti.registry import read_main_models
 from invokeai_ti.root import ModelSource, find_root, read_models_yaml
 from invokeai_ti.single_file_configs import BUNDLED, REFERENCE_REPOS, write_bundled_config
 
@@ -124,11 +125,13 @@ def folder_geometry(folder: Path) -> Geometry | None:
 
 
 def _local_diffusers_folders(root: Path) -> Iterator[Path]:
-    """Diffusers folders models.yaml names, then the reference repositories in local HF caches."""
+    """Diffusers folders models.yaml or InvokeAI 4+'s database names, then the reference
+    repositories in local HF caches."""
     for entry in read_models_yaml(root).values():
         if entry.get("format", "diffusers") == "diffusers" and entry.get("path"):
             path = Path(entry["path"]).expanduser()
             yield path if path.is_absolute() else root / path
+    yield from (m.path for m in read_main_models(root) if m.format == "diffusers")
     yield from _cached_reference_repos(
         root, [r for repos in REFERENCE_REPOS.values() for r in repos]
     )
@@ -161,9 +164,9 @@ def config_folder(source: ModelSource, root_dir: Path | None) -> Iterator[tuple[
     """Yield (a local diffusers config folder that fits the checkpoint, prediction type or None)."""
     what = f"--model {source.name}"
     geometry = detect_geometry(checkpoint_shapes(source.path, what), what)
-    prediction = None
+    prediction = source.prediction_type  # InvokeAI 4+'s record; a 2.3 .yaml config overrides it
     if source.config is not None and source.config.suffix.lower() in (".yaml", ".yml"):
-        prediction = _yaml_prediction_type(source.config)
+        prediction = _yaml_prediction_type(source.config) or prediction
     elif source.config is not None:
         found = folder_geometry(source.config)
         if found is None:

@@ -1,0 +1,136 @@
+"""InvokeAI 3+ roots: their settings file (invokeai.yaml) and the model records of InvokeAI 4+'s
+database (ROOT/databases/invokeai.db), read with the stdlib only.
+
+No torch here. The database is opened read-only (a `mode=ro` URI), so a running InvokeAI is never
+blocked by us and we never write to its records.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from invokeai_ti.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+SETTINGS_FILE = "invokeai.yaml"
+DB_FILE = "invokeai.db"
+TRAINABLE_BASES = ("sd-1", "sd-2", "sdxl")  # InvokeAI's names for the families we train
+DB_FORMATS = {"diffusers": "diffusers", "checkpoint": "single_file"}  # InvokeAI format -> our kind
+# A writer's commit holds the database for milliseconds; wait that long rather than fail.
+BUSY_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class RootSettings:
+    """What an InvokeAI 3+ root's invokeai.yaml says about where its models and database are."""
+
+    models_dir: Path
+    db_path: Path
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """One `type = 'main'` row of the models table, its path made absolute."""
+
+    name: str
+    base: str
+    format: str  # InvokeAI's: diffusers | checkpoint | ...
+    path: Path
+    config: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def label(self) -> str:
+        """NAME:BASE, what --model accepts when one name is registered for several bases."""
+        return f"{self.name}:{self.base}"
+
+
+def read_settings(root: Path) -> RootSettings | None:
+    """models_dir and db_dir from ROOT/invokeai.yaml (relative to the root; defaults `models`,
+    `databases`); None for a root without one (InvokeAI 2.3)."""
+    path = root / SETTINGS_FILE
+    if not path.is_file():
+        return None
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
+        raise ModelError(
+            f"{path} cannot be read as YAML ({type(exc).__name__}): fix that file."
+        ) from exc
+    if not isinstance(data, dict):
+        data = {}
+    # 4+ keeps settings at the top level; 3.x nested them under InvokeAI: Paths:.
+    nested = data.get("InvokeAI")
+    paths = nested.get("Paths") if isinstance(nested, dict) else None
+    settings = {**(paths if isinstance(paths, dict) else {}), **data}
+    models_dir = _under(root, settings.get("models_dir") or "models")
+    db_dir = _under(root, settings.get("db_dir") or "databases")
+    return RootSettings(models_dir=models_dir, db_path=db_dir / DB_FILE)
+
+
+def read_main_models(root: Path) -> list[RegisteredModel]:
+    """Every main model of ROOT's database, in its order; [] without invokeai.yaml or database."""
+    settings = read_settings(root)
+    if settings is None or not settings.db_path.is_file():
+        return []
+    rows = _query(settings.db_path)
+    return [_record(settings, *row) for row in rows]
+
+
+def _query(db_path: Path) -> list[tuple]:
+    uri = f"{db_path.resolve().as_uri()}?mode=ro"
+    try:
+        connection = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
+    except sqlite3.Error as exc:
+        raise ModelError(
+            f"{db_path} cannot be opened read-only ({exc}): check its permissions."
+        ) from exc
+    try:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+        if "models" not in tables:
+            log.debug("%s has no models table (InvokeAI before 4.0); not used.", db_path)
+            return []
+        return connection.execute(
+            "SELECT name, base, format, path, config FROM models WHERE type = 'main' ORDER BY rowid"
+        ).fetchall()
+    except sqlite3.Error as exc:
+        raise ModelError(
+            f"{db_path}: the model records cannot be read ({exc}). If InvokeAI is busy "
+            "migrating it, wait and try again; otherwise pass --model a folder or file."
+        ) from exc
+    finally:
+        connection.close()
+
+
+def _record(settings: RootSettings, name, base, fmt, path, config) -> RegisteredModel:
+    try:
+        extra = json.loads(config) if config else {}
+    except ValueError:
+        extra = {}
+    return RegisteredModel(
+        name=str(name),
+        base=str(base),
+        format=str(fmt),
+        path=_under(settings.models_dir, str(path)),
+        config=extra if isinstance(extra, dict) else {},
+    )
+
+
+def find_registered(root: Path, value: str) -> list[RegisteredModel]:
+    """The main models `value` names: NAME, or NAME:BASE when one name has several bases."""
+    models = read_main_models(root)
+    named = [m for m in models if m.name == value]
+    if named:
+        return named
+    return [m for m in models if m.label == value]
+
+
+def _under(folder: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else folder / path
