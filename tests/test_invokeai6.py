@@ -8,6 +8,8 @@ import configparser
 import json
 import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -187,6 +189,18 @@ def test_the_database_is_opened_read_only(tmp_path, tiny_sd1):
         db.chmod(0o644)
     assert (db.stat().st_mtime_ns, db.read_bytes()) == before
     assert not (root / "databases" / "invokeai.db-journal").exists()
+
+
+def test_reading_the_root_and_database_imports_no_torch(tmp_path):
+    """root.py and registry.py stay torch-free: --help and --gui's model list stay instant."""
+    root = make_root(tmp_path / "root", [model_row("m", "sd-1", str(tmp_path))])
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom invokeai_ti.root import list_model_names\n"
+        f"print(list_model_names(Path({str(root)!r})))\n"
+        "print([m for m in ('torch', 'diffusers', 'transformers', 'PIL') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == ["['m']", "[]"]
 
 
 def test_dependency_ranges_admit_invokeai_6_pins_without_upper_caps():
