@@ -130,6 +130,21 @@ def test_names_resolve_from_the_database_relative_to_models_dir(tmp_path, tiny_s
     assert _resolve(root, "m:sd-1").path == source.path
 
 
+def test_a_3x_root_reads_nested_settings_and_models_yaml_under_models_dir(tmp_path, tiny_sd1):
+    """InvokeAI 3.x: settings nested under InvokeAI: Paths:, models.yaml opening with
+    __metadata__ and paths relative to models_dir, no database yet."""
+    root = tmp_path / "root"
+    shutil.copytree(tiny_sd1, root / "store" / "sd-1" / "main" / "tiny")
+    (root / "invokeai.yaml").write_text("InvokeAI:\n  Paths:\n    models_dir: store\n")
+    (root / "configs").mkdir()
+    (root / "configs" / "models.yaml").write_text(
+        "__metadata__:\n  version: 3.0.0\n"
+        "sd-1/main/tiny:\n  path: sd-1/main/tiny\n  format: diffusers\n"
+    )
+    assert list_model_names(root) == ["sd-1/main/tiny"]
+    assert _resolve(root, "sd-1/main/tiny").path == root / "store" / "sd-1" / "main" / "tiny"
+
+
 def test_one_name_with_two_bases_is_listed_and_name_base_picks_one(tmp_path, tiny_sd1, tiny_sd2):
     root = make_root(tmp_path / "root", [model_row("dream", "sd-1", str(tiny_sd1)),
                                          model_row("dream", "sd-2", str(tiny_sd2))])  # fmt: skip
