@@ -48,6 +48,9 @@ class _Parser(argparse.ArgumentParser):
             close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
             hint = f" Did you mean {close[0]}?" if close else f" See `{PROG} --help`."
             message = f"unknown flag {name}.{hint}"
+        elif message.endswith("expected one argument"):
+            # argparse reads `--learning_rate -1e-4` as two flags; only `=` keeps the value attached.
+            message += ": give a value after the flag (one that starts with '-' as --flag=-1e-4)."
         print(f"{PROG}: error: {message}", file=sys.stderr)
         sys.exit(2)
 

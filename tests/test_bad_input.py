@@ -49,6 +49,7 @@ class Row:
     culprit: str  # must be in the last stderr line (code != 0) or in a warning (code 0)
     modes: tuple[str, ...] = ("dry_run", "train")
     check: Callable[[Ctx, str], None] | None = None  # extra assertions, given the run's stdout
+    slow: bool = False  # a real run of training steps
 
 
 # --- image files --------------------------------------------------------------------------------
@@ -58,7 +59,9 @@ def _png_header(width: int, height: int) -> bytes:
     """A PNG that claims width x height and holds no pixels: a decompression bomb for free."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
@@ -205,6 +208,11 @@ def _empty(ctx: Ctx) -> list[str]:
     return ["--train_data_dir", ctx.data]
 
 
+def _data_is_file(ctx: Ctx) -> list[str]:
+    ctx.tmp.joinpath("x.png").write_bytes(_encoded("PNG"))
+    return ["--train_data_dir", ctx.tmp / "x.png"]
+
+
 def _every_bad_file(ctx: Ctx) -> list[str]:
     make_concept_images(ctx.data)
     (ctx.data / "empty.png").write_bytes(b"")
@@ -218,6 +226,8 @@ DATA_ROWS = [
     Row("empty-folder", _empty, 2, "holds no images"),
     Row("missing-folder", lambda c: ["--train_data_dir", c.tmp / "nowhere"], 2,
         "nowhere does not exist"),
+    Row("data-folder-is-a-file", _data_is_file, 2,
+        "x.png is a file, not a folder of images"),
     Row("only-non-images", _only_non_images, 2, "holds no images (it has layers.psd, notes.txt)"),
     Row("zero-byte", _write("empty.png", b""), 2, "empty.png: empty file"),
     Row("truncated-png", _write("cut.png", _encoded("PNG")[:120]), 2, "cut.png: not a readable image"),
@@ -309,6 +319,27 @@ def _disk_full(ctx: Ctx) -> list[str]:
     return ["--max_train_steps", "2", "--checkpointing_steps", "1"]
 
 
+def _disk_full_step_embedding(ctx: Ctx) -> list[str]:
+    """A write outside the checkpoint code (the step embedding) fails: still one line."""
+    real = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if "learned_embeds-steps-2" in str(f):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+        return real(obj, f, *args, **kwargs)
+
+    ctx.monkeypatch.setattr(torch, "save", save)
+    return ["--max_train_steps", "3", "--checkpointing_steps", "1", "--save_steps", "2"]
+
+
+def _resume_damaged(ctx: Ctx) -> list[str]:
+    folder = ctx.tmp / "checkpoint-1"
+    folder.mkdir()
+    (folder / "state.json").write_text("{ half a file")
+    (folder / "vectors.safetensors").write_bytes(b"")
+    return ["--resume_from_checkpoint", folder]
+
+
 def _check_disk_full(ctx: Ctx, out: str) -> None:
     from invokeai_ti import checkpoint as ckpt
 
@@ -327,6 +358,8 @@ FLAG_ROWS = [
     Row("negative-steps", _flags("--max_train_steps", "-5"), 2, "--max_train_steps must be a positive"),
     Row("zero-batch", _flags("--train_batch_size", "0"), 2, "--train_batch_size must be a positive"),
     Row("negative-batch", _flags("--train_batch_size", "-2"), 2, "--train_batch_size must be a positive"),
+    Row("negative-lr-without-equals", _flags("--learning_rate", "-1e-4"), 2,
+        "argument --learning_rate: expected one argument: give a value after the flag"),
     Row("zero-lr", _flags("--learning_rate", "0"), 2, "--learning_rate must be positive"),
     Row("negative-lr", _flags("--learning_rate=-1e-4"), 2, "--learning_rate must be positive"),
     Row("resolution-not-8", _flags("--resolution", "100"), 2,
@@ -362,13 +395,16 @@ FLAG_ROWS = [
         "model: checkpoint has 'stable-diffusion-1.5', this run has 'other-model'"),
     Row("disk-full-while-saving", _disk_full, 1, "No space left on device", modes=("train",),
         check=_check_disk_full),
+    Row("disk-full-step-embedding", _disk_full_step_embedding, 1,
+        "learned_embeds-steps-2.bin", modes=("train",), check=_check_disk_full, slow=True),
+    Row("resume-damaged-checkpoint", _resume_damaged, 2, "is a damaged checkpoint folder"),
 ]  # fmt: skip
 
 ROWS = DATA_ROWS + FLAG_ROWS
 # A row that carries on is a real (minutes-long on a CPU) run without --dry_run: marked slow.
 CASES = [
     pytest.param(row, mode, id=f"{row.id}-{mode}",
-                 marks=[pytest.mark.slow] if mode == "train" and row.code == 0 else [])
+                 marks=[pytest.mark.slow] if mode == "train" and (row.code == 0 or row.slow) else [])
     for row in ROWS
     for mode in row.modes
 ]  # fmt: skip
@@ -483,7 +519,9 @@ def test_warnings_come_before_the_error_line(root, tmp_path):
                             "--train_data_dir", data, "--dry_run")  # fmt: skip
     lines = result.err.strip().splitlines()
     assert result.code == 2 and "Traceback" not in result.err
-    assert any(line.startswith("WARNING: Skipped 1 unreadable file(s): empty.png") for line in lines)
+    assert any(
+        line.startswith("WARNING: Skipped 1 unreadable file(s): empty.png") for line in lines
+    )
     assert lines[-1].startswith("invokeai-ti: error: --train_data_dir") and "empty.png" in lines[-1]
 
 
@@ -500,14 +538,18 @@ def test_debug_shows_the_traceback(cli, root):
 @pytest.mark.parametrize(
     "flags, steps_line, lr_line",
     [
-        (["--max_train_steps", "100", "--num_train_epochs", "3"],
-         "Steps: 6 (new run) over 3 epoch(s) of 2 steps (4 batches per epoch, 4 images x 2 repeats); "
-         "effective batch 4.",
-         "Learning rate: 0.02 (0.005 x batch 2 x accumulation 2 x processes 1), constant schedule."),
-        (["--max_train_steps", "5", "--no-scale_lr"],
-         "Steps: 5 (new run) over 3 epoch(s) of 2 steps (4 batches per epoch, 4 images x 2 repeats); "
-         "effective batch 4.",
-         "Learning rate: 0.005 (not scaled), constant schedule."),
+        (
+            ["--max_train_steps", "100", "--num_train_epochs", "3"],
+            "Steps: 6 (new run) over 3 epoch(s) of 2 steps (4 batches per epoch, 4 images x 2 repeats); "
+            "effective batch 4.",
+            "Learning rate: 0.02 (0.005 x batch 2 x accumulation 2 x processes 1), constant schedule.",
+        ),
+        (
+            ["--max_train_steps", "5", "--no-scale_lr"],
+            "Steps: 5 (new run) over 3 epoch(s) of 2 steps (4 batches per epoch, 4 images x 2 repeats); "
+            "effective batch 4.",
+            "Learning rate: 0.005 (not scaled), constant schedule.",
+        ),
     ],
     ids=["epochs-bound", "steps-bound"],
 )
