@@ -248,7 +248,7 @@ def format_plan(run: Any) -> list[str]:
         f"({run.micro_per_epoch} batches per epoch, {len(used)} images x {cfg.repeats} repeats); "
         f"effective batch {cfg.train_batch_size * cfg.gradient_accumulation_steps * run.world_size}.",
         f"Learning rate: {run.learning_rate:.6g} ({lr_rule}), {cfg.lr_scheduler} schedule.",
-        f"Outputs: {cfg.output_dir} (embedding learned_embeds.bin, checkpoint-N every "
+        f"Outputs: {cfg.output_dir} (formats {', '.join(cfg.export_format)}, checkpoint-N every "
         f"{cfg.checkpointing_steps} steps){copy}. Nothing was written.",
     ]  # fmt: skip
 
