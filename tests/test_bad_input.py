@@ -525,6 +525,16 @@ def test_warnings_come_before_the_error_line(root, tmp_path):
     assert lines[-1].startswith("invokeai-ti: error: --train_data_dir") and "empty.png" in lines[-1]
 
 
+def test_bf16_on_a_gpu_without_it_is_refused(monkeypatch):
+    from invokeai_ti.errors import UserError
+    from invokeai_ti.models import weight_dtype_for
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(UserError, match="--mixed_precision bf16: this GPU has no bfloat16"):
+        weight_dtype_for("bf16", torch.device("cuda"))
+    assert weight_dtype_for("bf16", torch.device("cpu")) == torch.bfloat16  # CPUs emulate it
+
+
 def test_debug_shows_the_traceback(cli, root):
     from invokeai_ti.errors import UserError
 
