@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import errno
 import importlib.util
 import logging
 import os
@@ -31,6 +32,7 @@ from invokeai_ti.config import (
 from invokeai_ti.errors import UserError
 
 PROG = "invokeai-ti"
+WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # only a write fails so
 log = logging.getLogger("invokeai_ti")
 
 
@@ -46,6 +48,9 @@ class _Parser(argparse.ArgumentParser):
             close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
             hint = f" Did you mean {close[0]}?" if close else f" See `{PROG} --help`."
             message = f"unknown flag {name}.{hint}"
+        elif message.endswith("expected one argument"):
+            # argparse reads `--learning_rate -1e-4` as two flags; only `=` keeps the value attached.
+            message += ": give a value after the flag (one that starts with '-' as --flag=-1e-4)."
         print(f"{PROG}: error: {message}", file=sys.stderr)
         sys.exit(2)
 
@@ -214,6 +219,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("RANK", "0") == "0":  # under accelerate launch, one copy of the line
             print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        if exc.errno not in WRITE_FAILURES or config.debug:
+            raise
+        # A write outside the checkpoint path (step embedding, plot, log) hit a full or read-only
+        # disk: still one line, and checkpoints are written atomically, so none is damaged.
+        print(f"{PROG}: error: could not write {exc.filename or 'an output file'}: {exc.strerror}. "
+              "Free some space, then resume with "
+              "--resume_from_checkpoint=latest.", file=sys.stderr)  # fmt: skip
+        return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted before a checkpoint could be saved; nothing to resume from "
               "this run yet.", file=sys.stderr)

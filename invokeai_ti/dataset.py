@@ -1,6 +1,8 @@
 """Training images and prompts: find, decode, resize/crop, flip, templates, and a resumable order.
 
-Only the files directly in the data folder are used (as in 2.3); sub-folders are reported, not read.
+Only the files directly in the data folder are used (as in 2.3): sub-folders are named in a log line,
+not read, so a folder of "rejects" or "originals" next to the chosen pictures never sneaks in.
+Hidden files (`.DS_Store`, `._x.png`) and `Thumbs.db` / `desktop.ini` are ignored without a word.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def find_image_files(data_dir: Path) -> list[Path]:
         )
     if not data_dir.is_dir():
         raise DataError(f"--train_data_dir {data_dir} is a file, not a folder of images.")
-    files, subfolders = [], []
+    files, subfolders, others = [], [], []
     for entry in sorted(data_dir.iterdir()):
         if entry.name.startswith(".") or entry.name.lower() in IGNORED_NAMES:
             continue
@@ -75,14 +77,27 @@ def find_image_files(data_dir: Path) -> list[Path]:
             subfolders.append(entry.name)
         elif entry.suffix.lower() in IMAGE_SUFFIXES:
             files.append(entry)
+        else:
+            others.append(entry.name)
     if subfolders:
         log.info("Sub-folders of %s are not read: %s", data_dir, ", ".join(subfolders))
     if not files:
+        found = ""
+        if subfolders:
+            found = f" (sub-folders are not read: {_some(subfolders)})"
+        elif others:
+            found = f" (it has {_some(others)})"
         raise DataError(
-            f"--train_data_dir {data_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}): "
-            "add 3-20 pictures of your concept."
+            f"--train_data_dir {data_dir} holds no images{found}: put 3-20 pictures of your concept "
+            f"({', '.join(IMAGE_SUFFIXES)}) directly in it."
         )
     return files
+
+
+def _some(names: list[str], limit: int = 3, sep: str = ", ") -> str:
+    """'a, b, c and 4 more': enough names to find the culprit without flooding the line."""
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return sep.join(names[:limit]) + more
 
 
 def decode_image(path: Path, resolution: int):
@@ -168,9 +183,10 @@ def load_training_images(
             "; ".join(f"{p.name} ({why})" for p, why in skipped),
         )
     if not used:
+        reasons = [f"{p.name}: {why}" for p, why in skipped]
         raise DataError(
             f"--train_data_dir {data_dir}: none of its {len(files)} image file(s) could be read "
-            "(see the warning above): add PNG or JPEG pictures."
+            f"({_some(reasons, sep='; ')}): replace them with PNG or JPEG pictures."
         )
     return TrainingImages(
         paths=[p for p, _ in used],

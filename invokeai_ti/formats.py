@@ -197,7 +197,10 @@ def _read_checkpoint_folder(folder: Path, what: str) -> Embedding:
                            key=lambda k: int(k.split(".")[1]))  # fmt: skip
             vectors = [_rows(handle.get_tensor(name)) for name in names]
     except (OSError, ValueError, SafetensorError) as exc:
-        raise UserError(f"{what} is a damaged checkpoint folder ({exc}).") from exc
+        raise UserError(
+            f"{what} is a damaged checkpoint folder ({exc}): pick an older checkpoint-<step> "
+            "folder or delete this one."
+        ) from exc
     token = state.get("config", {}).get("placeholder_token") or folder.name
     step = _as_int(state.get("progress", {}).get("step"))
     return Embedding(folder, "invokeai-ti checkpoint folder", [token], vectors, step)

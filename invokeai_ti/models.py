@@ -47,6 +47,11 @@ class Components:
 def weight_dtype_for(mixed_precision: str, device: torch.device) -> torch.dtype:
     """Frozen weights in half precision when asked; fp16 only where it runs (a GPU)."""
     if mixed_precision == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise UserError(
+                "--mixed_precision bf16: this GPU has no bfloat16 support (it came with Ampere): "
+                "use --mixed_precision fp16 or no."
+            )
         return torch.bfloat16
     if mixed_precision == "fp16" and device.type != "cpu":
         return torch.float16

@@ -227,21 +227,29 @@ class RunResult:
 
 
 def format_plan(run: Any) -> list[str]:
-    """--dry_run's report: what a real run with these flags would do."""
+    """--dry_run's report: what a real run with these flags would do, with the numbers it would use."""
     cfg = run.config
-    skipped = ", ".join(f"{p.name} ({why})" for p, why in run.images.skipped) or "none"
+    used = [p.name for p in run.images.paths]
+    shown = ", ".join(used[:8]) + (f" and {len(used) - 8} more" if len(used) > 8 else "")
+    skipped = "; ".join(f"{p.name} ({why})" for p, why in run.images.skipped) or "none"
     resume = f"resume from {run.resumed_from} at step {run.progress.step}" if run.resumed_from else "new run"
+    steps_per_epoch = -(-run.micro_per_epoch // cfg.gradient_accumulation_steps)
+    epochs = -(-run.total_steps // steps_per_epoch)
+    lr_rule = (f"{cfg.learning_rate:g} x batch {cfg.train_batch_size} x accumulation "
+               f"{cfg.gradient_accumulation_steps} x processes {run.world_size}"
+               if cfg.scale_lr else "not scaled")
+    copy = f"; copied to {cfg.root_dir}/embeddings/{cfg.trigger}/" if cfg.copy_to_embeddings else ""
     return [
         f"Dry run OK: model {cfg.model} ({run.components.family}, "
         f"{run.components.weight_dtype}, {run.components.device}), trigger {cfg.placeholder_token} "
         f"x{cfg.num_vectors} from '{cfg.initializer_token}'.",
-        f"Images: {len(run.images.paths)} used from {cfg.train_data_dir}; skipped: {skipped}.",
-        f"Steps: {run.total_steps} ({resume}); {run.micro_per_epoch} batches per epoch; effective "
-        f"batch {cfg.train_batch_size * cfg.gradient_accumulation_steps * run.world_size}; "
-        f"learning rate {run.learning_rate:.3g} ({'scaled' if cfg.scale_lr else 'not scaled'}), "
-        f"{cfg.lr_scheduler}.",
-        f"Outputs: {cfg.output_dir}" + (
-            f"; copy to {cfg.root_dir}/embeddings/{cfg.trigger}/" if cfg.copy_to_embeddings else ""),
+        f"Images: {len(used)} used from {cfg.train_data_dir} ({shown}); skipped: {skipped}.",
+        f"Steps: {run.total_steps} ({resume}) over {epochs} epoch(s) of {steps_per_epoch} steps "
+        f"({run.micro_per_epoch} batches per epoch, {len(used)} images x {cfg.repeats} repeats); "
+        f"effective batch {cfg.train_batch_size * cfg.gradient_accumulation_steps * run.world_size}.",
+        f"Learning rate: {run.learning_rate:.6g} ({lr_rule}), {cfg.lr_scheduler} schedule.",
+        f"Outputs: {cfg.output_dir} (formats {', '.join(cfg.export_format)}, checkpoint-N every "
+        f"{cfg.checkpointing_steps} steps){copy}. Nothing was written.",
     ]  # fmt: skip
 
 

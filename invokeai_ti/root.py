@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,6 +164,10 @@ def resolve_model(config: TrainingConfig) -> ModelSource:
     known = (
         ", ".join(list_model_names(root)) or f"none (no models.yaml or model database in {root})"
     )
+    if name.startswith((".", "~")) or os.sep in name or "/" in name:
+        raise ModelError(
+            f"--model {path} does not exist: check the path, or use a model name ({known})."
+        )
     raise ModelError(
         f"--model '{name}' is not a model name in models.yaml or InvokeAI's database, a folder or a "
         f"file. Known names: {known}."
@@ -281,11 +286,24 @@ def _absolute(path: Path) -> Path:
 
 
 def check_writable(folder: Path, flag: str) -> None:
-    """Fail before training, not after hours, when outputs cannot be written."""
+    """Fail before training, not after hours, when outputs cannot be written.
+
+    Tries a real write in the nearest existing folder (removed at once, so --dry_run leaves nothing):
+    os.access alone says yes to root on a read-only disk, and a path under a regular file passes it.
+    """
     probe_dir = folder
     while not probe_dir.exists():
         probe_dir = probe_dir.parent
-    if not os.access(probe_dir, os.W_OK):
+    if not probe_dir.is_dir():
         raise UserError(
-            f"{flag} {folder} is not writable: choose another folder or fix permissions."
+            f"{flag} {folder} cannot be created: {probe_dir} is a file, not a folder. "
+            "Choose another folder."
         )
+    try:
+        with tempfile.TemporaryFile(dir=probe_dir):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"{flag} {folder} is not writable ({exc.strerror or exc} in {probe_dir}): "
+            "choose another folder or fix its permissions."
+        ) from exc
