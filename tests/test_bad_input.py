@@ -375,7 +375,8 @@ FLAG_ROWS = [
     Row("xformers-missing", _flags("--enable_xformers_memory_efficient_attention"), 2,
         "--enable_xformers_memory_efficient_attention"),
     Row("unknown-model-name", _flags("--model", "no-such-model"), 2,
-        "--model 'no-such-model' is not a model name in models.yaml, a folder or a file. "
+        "--model 'no-such-model' is not a model name in models.yaml or InvokeAI's database, a folder "
+        "or a file. "
         "Known names: stable-diffusion-1.5."),
     Row("missing-model-folder", _flags("--model", "/nonexistent/models/sd15"), 2,
         "--model /nonexistent/models/sd15 does not exist"),
