@@ -114,3 +114,15 @@ def test_optimizer_state_is_under_1_mib_at_sd15_width(root):
     assert per_number == 8  # exp_avg + exp_avg_sq, fp32
     sd15_bytes = per_number * 16 * SD15_TOKEN_DIM + other_bytes
     assert sd15_bytes < 1024**2
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_that_it_is_slower(root, caplog, monkeypatch):
+    from invokeai_ti import models
+
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
+    _setup(root, "--mixed_precision", "bf16")
+    assert any("no native bf16" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    _setup(root, "--mixed_precision", "bf16")
+    assert not any("no native bf16" in r.getMessage() for r in caplog.records)
