@@ -214,10 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("RANK", "0") == "0":  # under accelerate launch, one copy of the line
             print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted before a checkpoint could be saved; nothing to resume from "
-              "this run yet.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # a plain one: Ctrl-C before the trainer's handlers exist
+        reason = str(exc) or "interrupted before the first optimizer step: nothing to save."
+        print(f"{PROG}: {reason}", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
 
 
 def _dispatch(config: TrainingConfig, args: argparse.Namespace) -> int:
