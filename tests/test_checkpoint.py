@@ -79,31 +79,47 @@ def assert_same_run(out: Path, reference: Path) -> None:
     assert all(torch.equal(tensors[k], ref_tensors[k]) for k in non_rng)  # vectors, exp_avg(_sq)
 
 
-def test_interrupted_runs_resume_bit_exact(cli, root, tmp_path, monkeypatch):
-    reference = tmp_path / "reference"
-    assert cli(*flags(root, reference, *EXACT)).code == 0
-    assert json.loads((ckpt.list_checkpoints(reference)[-1] / "state.json").read_text())[
-        "progress"]["step"] == 5  # fmt: skip
-    # k=1 and 3 stop mid-epoch, k=2 at an epoch end; k=2 resumes by path, the others by latest.
-    for k, how in ((1, "latest"), (2, "path"), (3, "latest")):
-        out = tmp_path / f"stopped-{k}"
-        with monkeypatch.context() as patch:
-            interrupt_after(patch, k)
-            stopped = cli(*flags(root, out, *EXACT))
-        folder = out / f"checkpoint-{k}"
-        assert stopped.code == 130, stopped.err
-        assert f"Stopped at step {k}: checkpoint saved in {folder}" in stopped.out
-        state = json.loads((folder / "state.json").read_text())
-        assert state["progress"]["step"] == k and len(state["progress"]["losses"]) == k
-        # The stop also wrote the current embedding, equal to the checkpoint's vectors.
-        step_file = torch.load(out / f"learned_embeds-steps-{k}.bin", weights_only=True)[TOKEN]
-        assert torch.equal(step_file, load_file(folder / ckpt.TENSORS_FILE)["vectors.0"][0])
-        assert not (out / "learned_embeds.bin").exists()
-        resume = "latest" if how == "latest" else str(folder)
-        resumed = cli(*flags(root, out, *EXACT, "--resume_from_checkpoint", resume))
-        assert resumed.code == 0, resumed.err
-        assert "Trained 5 steps" in resumed.out
-        assert_same_run(out, reference)
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_sd1, concept_images) -> tuple[Path, Path]:
+    """One uninterrupted run of EXACT, shared by the resume cases: (root, output folder)."""
+    import shutil
+
+    from invokeai_ti.cli import main
+    from invokeai_ti.tiny import write_models_yaml
+
+    root = tmp_path_factory.mktemp("exact") / "invokeai"
+    write_models_yaml(root, {"stable-diffusion-1.5": tiny_sd1}, default="stable-diffusion-1.5")
+    shutil.copytree(concept_images, root / "text-inversion-training-data" / "psychedelic")
+    out = root / "reference"
+    assert main(flags(root, out, *EXACT)) == 0
+    assert final_state(out)[0]["progress"]["step"] == 5
+    return root, out
+
+
+# k=3 stops mid-epoch (resumed by `latest`); k=1 mid-epoch and k=2 at an epoch end (by path) are
+# the slow extra cases.
+@pytest.mark.parametrize("k, how", [(3, "latest"), pytest.param(1, "latest", marks=pytest.mark.slow),
+                                    pytest.param(2, "path", marks=pytest.mark.slow)])  # fmt: skip
+def test_interrupted_runs_resume_bit_exact(cli, reference, monkeypatch, k, how):
+    root, ref = reference
+    out = root / f"stopped-{k}"
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, k)
+        stopped = cli(*flags(root, out, *EXACT))
+    folder = out / f"checkpoint-{k}"
+    assert stopped.code == 130, stopped.err
+    assert f"Stopped at step {k}: checkpoint saved in {folder}" in stopped.out
+    state = json.loads((folder / "state.json").read_text())
+    assert state["progress"]["step"] == k and len(state["progress"]["losses"]) == k
+    # The stop also wrote the current embedding, equal to the checkpoint's vectors.
+    step_file = torch.load(out / f"learned_embeds-steps-{k}.bin", weights_only=True)[TOKEN]
+    assert torch.equal(step_file, load_file(folder / ckpt.TENSORS_FILE)["vectors.0"][0])
+    assert not (out / "learned_embeds.bin").exists()
+    resume = "latest" if how == "latest" else str(folder)
+    resumed = cli(*flags(root, out, *EXACT, "--resume_from_checkpoint", resume))
+    assert resumed.code == 0, resumed.err
+    assert "Trained 5 steps" in resumed.out
+    assert_same_run(out, ref)
 
 
 def test_sigterm_in_the_loop_saves_and_exits_143(cli, root, tmp_path, monkeypatch):
@@ -117,7 +133,8 @@ def test_sigterm_in_the_loop_saves_and_exits_143(cli, root, tmp_path, monkeypatc
 def test_resume_guards(cli, root, tmp_path, tiny_sd1, caplog):
     caplog.set_level(logging.INFO)
     out = tmp_path / "out"
-    assert cli(*flags(root, out, "--max_train_steps", "2", "--lr_scheduler", "linear")).code == 0
+    first = cli(*flags(root, out, "--max_train_steps", "2", "--lr_scheduler", "linear"))
+    assert first.code == 0, first.err
     resume = ("--max_train_steps", "2", "--lr_scheduler", "linear", "--resume_from_checkpoint",
               "latest")  # fmt: skip
     for argv, difference in [
