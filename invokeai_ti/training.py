@@ -83,7 +83,7 @@ def setup(config: TrainingConfig) -> Run:
     if config.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     check_writable(config.output_dir, "--output_dir")
-    if state.is_main_process:  # what a killed save left behind is never read: delete it
+    if state.is_main_process and not config.dry_run:  # what a killed save left: never read
         ckpt.remove_temp_files(config.output_dir)
         ckpt.remove_temp_files(embeddings_dir(config.root_dir, config.trigger))
     # 2. Frozen model, in the dtype the precision and device allow.

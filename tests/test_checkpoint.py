@@ -345,7 +345,7 @@ def test_sigkill_at_random_moments_resumes_to_the_same_embedding(root, tmp_path)
     """>= 10 SIGKILLs: half as soon as a checkpoint's temp folder appears (inside the save, which
     the test hook makes last 0.3 s), half at a random moment of training. After each, `latest`
     must be the newest complete checkpoint; the last run ends with the uninterrupted embedding."""
-    steps, rng = 24, random.Random(1234)
+    steps, rng = 16, random.Random(1234)
     extra = ("--max_train_steps", str(steps), "--checkpointing_steps", "1", "--save_steps", "100")
     env = {ckpt.PAUSE_ENV: "0.3"}
     reference = tmp_path / "reference"
@@ -362,9 +362,11 @@ def test_sigkill_at_random_moments_resumes_to_the_same_embedding(root, tmp_path)
                 assert proc.poll() is None, proc.communicate()
                 time.sleep(0.005)
             during_save += 1
-        else:
+        else:  # a random moment of the first two new steps (so 10 kills fit in the run)
             wait_for(proc.stdout, f"step {start_step + 1}/")
-            time.sleep(rng.uniform(0, 1.5))
+            deadline = time.monotonic() + rng.uniform(0, 1.5)
+            while time.monotonic() < deadline and not (out / f"checkpoint-{start_step + 2}").exists():
+                time.sleep(0.005)
         proc.kill()
         proc.communicate()
         kills += 1
