@@ -13,8 +13,8 @@ import logging
 import os
 import random
 import shutil
-import signal
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +31,9 @@ FORMAT_VERSION = 1
 PREFIX = "checkpoint-"
 STATE_FILE = "state.json"
 TENSORS_FILE = "vectors.safetensors"
+TEMP_SUFFIX = ".tmp"
+# Test hook: seconds to sleep between a checkpoint's two files, so a test can kill a save midway.
+PAUSE_ENV = "INVOKEAI_TI_TEST_SAVE_PAUSE"
 
 
 @dataclass
@@ -57,14 +60,33 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask sets it to 0 for a
+    moment, which another thread, e.g. the GUI's, could catch)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` for a temp file beside `path`, fsync it, then rename it over `path`."""
+    """Call `write(tmp)` for a temp file beside `path`, fsync it, then rename it over `path`.
+
+    mkstemp creates the temp file 0600; it gets the mode a plain open() would give (0644 under
+    the usual umask 022), so the embedding is readable by e.g. an InvokeAI server's user.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -93,21 +115,45 @@ def save_torch(path: Path, obj: Any) -> Path:
 def _complete_folder(final: Path, fill: Callable[[Path], None]) -> Path:
     """Fill a temp folder, fsync it, rename it to `final`: the folder appears whole or not at all."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=TEMP_SUFFIX, dir=final.parent))
     try:
         fill(tmp)
+        mask = _umask()
         for child in tmp.iterdir():
+            os.chmod(child, 0o666 & ~mask)
             with open(child, "rb") as handle:
                 os.fsync(handle.fileno())
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it 0700
         _fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
+        old = None
+        if final.exists():  # moved aside, not deleted first: final is missing for one rename only
+            old = final.with_name(f".{final.name}.old{TEMP_SUFFIX}")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def remove_temp_files(folder: Path) -> list[Path]:
+    """Delete what a killed write left behind: `.<name>.<random>.tmp` files and folders, which
+    nothing reads (`latest` and the loaders skip them). Called at the start of a run."""
+    if not folder.is_dir():
+        return []
+    stale = [e for e in folder.iterdir() if e.name.startswith(".") and e.name.endswith(TEMP_SUFFIX)]
+    for entry in stale:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    if stale:
+        log.info("Removed %d unfinished file(s) of an interrupted save in %s.", len(stale), folder)
+    return stale
 
 
 # --- RNG state -----------------------------------------------------------------------------------
@@ -199,6 +245,7 @@ def save_checkpoint(output_dir: Path, state: CheckpointState) -> Path:
 
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
                   str(folder / TENSORS_FILE))  # fmt: skip
+        time.sleep(float(os.environ.get(PAUSE_ENV, "0")))
         (folder / STATE_FILE).write_text(json.dumps(document, indent=1))
 
     return _complete_folder(output_dir / f"{PREFIX}{state.progress.step}", fill)
@@ -236,14 +283,26 @@ def find_resume_folder(output_dir: Path, resume: str | None) -> Path | None:
     return folder
 
 
+def read_fingerprint(folder: Path) -> dict[str, Any]:
+    """The fingerprint alone (state.json), to refuse a mismatched resume before any heavy work."""
+    try:
+        return json.loads((folder / STATE_FILE).read_text()).get("fingerprint", {})
+    except (OSError, ValueError) as exc:
+        raise ResumeError(
+            f"--resume_from_checkpoint {folder} is damaged ({exc}): "
+            "pick an older checkpoint folder or delete this one."
+        ) from exc
+
+
 def load_checkpoint(folder: Path) -> CheckpointState:
     """Read a checkpoint without unpickling anything (safetensors + JSON)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
         document = json.loads((folder / STATE_FILE).read_text())
         tensors = load_file(str(folder / TENSORS_FILE))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         raise ResumeError(
             f"--resume_from_checkpoint {folder} is damaged ({exc}): "
             "pick an older checkpoint folder or delete this one."
@@ -268,8 +327,10 @@ def load_checkpoint(folder: Path) -> CheckpointState:
 
 def check_fingerprint(folder: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuse a resume whose vectors belong to another model, token, count, size or process count."""
+    flags = ("model", "placeholder_token", "num_vectors", "resolution")
     differences = [
-        f"{key}: checkpoint has {saved.get(key)!r}, this run has {current[key]!r}"
+        f"{'--' if key in flags else ''}{key}: checkpoint has {saved.get(key)!r}, "
+        f"this run has {current[key]!r}"
         for key in current
         if saved.get(key) != current[key]
     ]
@@ -281,51 +342,14 @@ def check_fingerprint(folder: Path, saved: dict[str, Any], current: dict[str, An
 
 
 def prune_checkpoints(output_dir: Path, keep: int | None) -> list[Path]:
-    """Delete all but the newest `keep` complete checkpoints (called after a new one is complete)."""
+    """Delete all but the newest `keep` complete checkpoints. Called only after the new one was
+    renamed into place, so a crash never leaves fewer than `keep` complete ones."""
     if keep is None:
         return []
     old = list_checkpoints(output_dir)[:-keep]
     for folder in old:
         shutil.rmtree(folder, ignore_errors=True)
     return old
-
-
-# --- stop requests -------------------------------------------------------------------------------
-
-
-class StopRequest:
-    """Ctrl-C / SIGTERM ask the loop to save and stop at the next step boundary; a second
-    Ctrl-C aborts at once."""
-
-    def __init__(self) -> None:
-        self.signal_number: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    @property
-    def requested(self) -> bool:
-        return self.signal_number is not None
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + (self.signal_number or signal.SIGINT)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal_number is not None:
-            raise KeyboardInterrupt
-        self.signal_number = signum
-        log.warning("Stopping: saving a checkpoint at the end of this step (Ctrl-C again aborts).")
-
-    def __enter__(self) -> StopRequest:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[signum] = signal.signal(signum, self._handle)
-            except ValueError:  # not the main thread (e.g. the GUI's worker): no handlers
-                pass
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
 
 
 def check_disk_error(exc: OSError, what: Path) -> UserError:

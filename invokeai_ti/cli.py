@@ -228,10 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               "Free some space, then resume with "
               "--resume_from_checkpoint=latest.", file=sys.stderr)  # fmt: skip
         return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted before a checkpoint could be saved; nothing to resume from "
-              "this run yet.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # a plain one: Ctrl-C before the trainer's handlers exist
+        reason = str(exc) or "interrupted before the first optimizer step: nothing to save."
+        print(f"{PROG}: {reason}", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
 
 
 def _dispatch(config: TrainingConfig, args: argparse.Namespace) -> int:

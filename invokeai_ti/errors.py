@@ -28,3 +28,12 @@ class TrainingStopped(UserError):
     """Training stopped early (signal, non-finite loss); outputs already saved are named in the message."""
 
     exit_code = 1
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM where no checkpoint can be saved (before the loop, a second Ctrl-C);
+    cli.main prints the message and exits 128 + the signal number."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from invokeai_ti import checkpoint as ckpt
-from invokeai_ti import dataset, export, formats, latents, optim, progress, validation
+from invokeai_ti import dataset, export, formats, latents, optim, progress, resuming, validation
 from invokeai_ti.config import TrainingConfig
 from invokeai_ti.embedding import (
     Placeholder,
@@ -26,7 +26,8 @@ from invokeai_ti.embedding import (
 from invokeai_ti.errors import TrainingStopped
 from invokeai_ti.models import Components, load_components
 from invokeai_ti.progress import ProgressReporter, RunResult, format_plan
-from invokeai_ti.root import check_writable, logging_path, resolve_model
+from invokeai_ti.root import check_writable, embeddings_dir, logging_path, resolve_model
+from invokeai_ti.stopping import StopRequest
 
 log = logging.getLogger(__name__)
 MAX_NONFINITE_IN_A_ROW = 10
@@ -52,6 +53,7 @@ class Run:
     resumed_from: Any = None
     time_ids: torch.Tensor | None = None  # SDXL: [num_images, 6] size and crop conditioning
     initial_vectors: list[torch.Tensor] | None = None  # the initializer's, for the quality report
+    saved_step: int = -1  # the step whose checkpoint is on disk already (not written twice)
 
     @property
     def is_main(self) -> bool:
@@ -59,10 +61,7 @@ class Run:
 
     @property
     def fingerprint(self) -> dict[str, Any]:
-        c = self.config
-        return dict(model=c.model, placeholder_token=c.placeholder_token, num_vectors=c.num_vectors,
-                    resolution=c.resolution, token_dims=self.components.token_dims,
-                    world_size=self.world_size)  # fmt: skip
+        return resuming.fingerprint(self.config, self.components.token_dims, self.world_size)
 
 
 def setup(config: TrainingConfig) -> Run:
@@ -84,8 +83,13 @@ def setup(config: TrainingConfig) -> Run:
     if config.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     check_writable(config.output_dir, "--output_dir")
+    if state.is_main_process and not config.dry_run:  # what a killed save left: never read
+        ckpt.remove_temp_files(config.output_dir)
+        ckpt.remove_temp_files(embeddings_dir(config.root_dir, config.trigger))
     # 2. Frozen model, in the dtype the precision and device allow.
-    components = load_components(config, resolve_model(config), state.device)
+    source = resolve_model(config)
+    log.info("Loading %s (Ctrl-C stops at once until training starts).", source.path)
+    components = load_components(config, source, state.device)
     # 3. New tokens need the tokenizers and encoders; --init_embedding and the resume check need
     #    their dims, and fail here, before any time goes into images or latents.
     dims, family = components.token_dims, components.family
@@ -98,6 +102,8 @@ def setup(config: TrainingConfig) -> Run:
     if resume_folder is not None:
         what = f"--resume_from_checkpoint {resume_folder}"
         formats.check_token_dims(what, formats.read_embedding(resume_folder, what).dims, dims, family)
+        ckpt.check_fingerprint(resume_folder, ckpt.read_fingerprint(resume_folder),
+                               resuming.fingerprint(config, dims, state.num_processes))  # fmt: skip
     # 4. Every image decoded now, so a bad file fails before any GPU time is spent.
     images = dataset.load_training_images(
         config.train_data_dir, config.resolution, config.center_crop, config.dataloader_num_workers
@@ -134,31 +140,13 @@ def setup(config: TrainingConfig) -> Run:
     run.initial_vectors = [ph.detached() for ph in placeholders]  # before resume overwrites them
     # 9. Resume last: it loads into the optimizer and may move the schedule's start.
     if resume_folder is not None:
-        resume(run, resume_folder)
+        resuming.resume(run, resume_folder)
     run.schedule = optim.build_lr_schedule(config, optimizer, total, run.progress.step)
     if components.family == "sdxl":  # SDXL conditions on each image's original size and crop
         run.time_ids = sdxl_time_ids(images.sizes, config.resolution, config.center_crop).to(
             state.device
         )
     return run
-
-
-def resume(run: Run, folder) -> None:
-    saved = ckpt.load_checkpoint(folder)
-    ckpt.check_fingerprint(folder, saved.fingerprint, run.fingerprint)
-    with torch.no_grad():
-        for placeholder, vectors in zip(run.placeholders, saved.vectors):
-            placeholder.vectors.copy_(vectors)
-    run.optimizer.load_state_dict(saved.optimizer)
-    if "scaler" in saved.extra:
-        run.scaler.load_state_dict(saved.extra["scaler"])
-    run.progress = saved.progress
-    run.resumed_from = folder
-    old_total = TrainingConfig.from_json(saved.config_json).max_train_steps
-    if run.config.max_train_steps > old_total:
-        log.info("Extending the run from %d to %d steps; the lr schedule is recomputed for the "
-                 "new total.", old_total, run.total_steps)  # fmt: skip
-    log.info("Resuming from %s at step %d.", folder, run.progress.step)
 
 
 def train_step(run: Run, samples: list[dataset.Sample], generator: torch.Generator) -> torch.Tensor:
@@ -237,40 +225,25 @@ def train(config: TrainingConfig) -> RunResult:
     """Set up, loop until the total or a stop request, then write the final files."""
     progress.check_report_to(config.report_to)  # flag problems fail before any model is loaded
     validation.check_validation_prompt(config)
-    run = setup(config)
-    if config.dry_run:
-        return RunResult(0, format_plan(run))
-    p = run.progress
-    reporter = ProgressReporter(config.log_format, run.total_steps, p.step, config.log_every_steps,
-                                enabled=run.is_main, tracker_dir=logging_path(config),
-                                report_to=config.report_to, tracker_config=config.to_dict())  # fmt: skip
-    if p.step >= run.total_steps:
-        reporter.message(f"Already trained {p.step} of {run.total_steps} steps; writing the outputs.")
-    elif p.step == 0 and run.is_main and validation.validation_every(config):
-        validate(run, reporter)  # step 0: what the initializer alone gives, to compare against
-    last_good = [ph.detached() for ph in run.placeholders]
-    samples, samples_epoch = [], -1
-    with ckpt.StopRequest() as stop:
-        while p.step < run.total_steps:
-            if samples_epoch != p.epoch:
-                samples_epoch = p.epoch
-                samples = dataset.epoch_samples(len(run.images.paths), config.repeats,
-                                                run.prompt_ids[0].shape[0], p.seed, p.epoch)  # fmt: skip
-            before = [ph.detached() for ph in run.placeholders]
-            p.losses.append(optimizer_step(run, samples))
-            if math.isfinite(p.losses[-1]):
-                last_good = before  # the newest vectors whose loss was finite
-            report_step(run, reporter)
-            periodic_jobs(run, reporter)
-            if p.nonfinite_streak >= MAX_NONFINITE_IN_A_ROW:
-                raise_nonfinite(run, last_good, reporter)
-            if stop.requested:
-                folder = save_state(run)
-                reporter.finish({"stopped_at": p.step, "checkpoint": str(folder)}, event="stopped")
-                return RunResult(stop.exit_code, [
-                    f"Stopped at step {p.step}: checkpoint saved in {folder}.",
-                    "Resume with --resume_from_checkpoint=latest."])  # fmt: skip
-    files, observed = finish(run, reporter)
+    with StopRequest() as stop:  # Ctrl-C during setup stops at once; in the loop it saves first
+        run = setup(config)
+        if config.dry_run:
+            return RunResult(0, format_plan(run))
+        p = run.progress
+        reporter = ProgressReporter(config.log_format, run.total_steps, p.step,
+                                    config.log_every_steps, enabled=run.is_main,
+                                    tracker_dir=logging_path(config), report_to=config.report_to,
+                                    tracker_config=config.to_dict())  # fmt: skip
+        if p.step >= run.total_steps:
+            reporter.message(f"Already trained {p.step} of {run.total_steps} steps; writing the "
+                             "outputs.")  # fmt: skip
+        elif p.step == 0 and run.is_main and validation.validation_every(config):
+            validate(run, reporter)  # step 0: what the initializer alone gives, to compare against
+        stop.arm()
+        if not loop(run, reporter, stop):
+            return resuming.stop_and_save(run, reporter, stop)
+        stop.disarm()
+        files, observed = finish(run, reporter)
     if run.world_size > 1:
         torch.distributed.barrier()  # every process ends after the files exist
         torch.distributed.destroy_process_group()
@@ -279,6 +252,29 @@ def train(config: TrainingConfig) -> RunResult:
                      "summary": lines})  # fmt: skip
     # A script reading --log_format json gets the lines in the final object; stdout stays JSON.
     return RunResult(0, [] if reporter.format == "json" else lines)
+
+
+def loop(run: Run, reporter: ProgressReporter, stop: StopRequest) -> bool:
+    """Optimizer steps up to the total; False when a stop request ended it early."""
+    p, config = run.progress, run.config
+    last_good = [ph.detached() for ph in run.placeholders]
+    samples, samples_epoch = [], -1
+    while p.step < run.total_steps:
+        if samples_epoch != p.epoch:
+            samples_epoch = p.epoch
+            samples = dataset.epoch_samples(len(run.images.paths), config.repeats,
+                                            run.prompt_ids[0].shape[0], p.seed, p.epoch)  # fmt: skip
+        before = [ph.detached() for ph in run.placeholders]
+        p.losses.append(optimizer_step(run, samples))
+        if math.isfinite(p.losses[-1]):
+            last_good = before  # the newest vectors whose loss was finite
+        report_step(run, reporter)
+        periodic_jobs(run, reporter)
+        if p.nonfinite_streak >= MAX_NONFINITE_IN_A_ROW:
+            raise_nonfinite(run, last_good, reporter)
+        if stop.requested:
+            return False
+    return True
 
 
 def report_step(run: Run, reporter: ProgressReporter) -> None:
@@ -306,33 +302,13 @@ def periodic_jobs(run: Run, reporter: ProgressReporter) -> None:
     if every and step % every == 0:
         validate(run, reporter)
     if step % cfg.checkpointing_steps == 0:
-        reporter.message(f"Saved checkpoint {save_state(run)}")
+        reporter.message(f"Saved checkpoint {resuming.save_state(run)}")
 
 
 def validate(run: Run, reporter: ProgressReporter):
     """The validation grid of the current step from the current vectors, at the run's seed."""
     return validation.save_validation_grid(run.components, run.config, run.progress.step,
                                            run.progress.seed, reporter)  # fmt: skip
-
-
-def save_state(run: Run):
-    """A complete checkpoint of the current step (main process only), then the total limit."""
-    if not run.is_main:
-        return None
-    state = ckpt.CheckpointState(
-        progress=run.progress,
-        vectors=[ph.vectors for ph in run.placeholders],
-        optimizer=run.optimizer.state_dict(),
-        fingerprint=run.fingerprint,
-        config_json=run.config.to_json(),
-        extra={"scaler": run.scaler.state_dict()} if run.scaler.is_enabled() else {},
-    )
-    try:
-        folder = ckpt.save_checkpoint(run.config.output_dir, state)
-    except OSError as exc:
-        raise ckpt.check_disk_error(exc, run.config.output_dir) from exc
-    ckpt.prune_checkpoints(run.config.output_dir, run.config.checkpoints_total_limit)
-    return folder
 
 
 def raise_nonfinite(run: Run, last_good: list[torch.Tensor], reporter: ProgressReporter) -> None:
@@ -381,7 +357,7 @@ def save_outputs(run: Run) -> export.ExportedFiles | None:
     """Final checkpoint (so the run can be extended later) and the embedding files."""
     if not run.is_main:
         return None
-    save_state(run)
+    resuming.save_state(run)
     cfg, vectors = run.config, [ph.vectors.detach() for ph in run.placeholders]
     source = run.components.source
     try:
