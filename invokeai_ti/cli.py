@@ -251,7 +251,7 @@ def _dispatch(config: TrainingConfig, args: argparse.Namespace) -> int:
     config.validate()
     config = apply_root_defaults(config)
     if config.eval_only:
-        from invokeai_ti.validation import evaluate_output
+        from invokeai_ti.evaluation import evaluate_output
 
         print(evaluate_output(config))
         return 0

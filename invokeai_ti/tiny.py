@@ -154,25 +154,16 @@ def _vae(shape: str, seed: int, scaling_factor: float = 0.18215):
 
     torch.manual_seed(seed + 2)
     if shape == "sd15":
-        return AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            latent_channels=4,
-            layers_per_block=2,
-            sample_size=512,
-            scaling_factor=0.18215,
-        )
-    # Four blocks keep SD's 8x downsampling, so resolutions behave as on a real model.
+        widths = {"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2,
+                  "sample_size": 512, "scaling_factor": 0.18215}  # fmt: skip
+    else:  # four blocks keep SD's 8x downsampling, so resolutions behave as on a real model
+        widths = {"block_out_channels": (8, 8, 16, 16), "layers_per_block": 1, "norm_num_groups": 8,
+                  "sample_size": 64, "scaling_factor": scaling_factor}  # fmt: skip
     return AutoencoderKL(
-        block_out_channels=(8, 8, 16, 16),
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
         latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=64,
-        scaling_factor=scaling_factor,
+        **widths,
     )
 
 

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from invokeai_ti import checkpoint as ckpt
 from invokeai_ti import dataset, export, formats, latents, optim, progress, resuming, validation
 from invokeai_ti.config import TrainingConfig
+from invokeai_ti.denoising import prediction_and_target
 from invokeai_ti.embedding import (
     Placeholder,
     add_placeholder,
-    encode_prompts,
     prompt_text,
     sdxl_time_ids,
 )
@@ -164,18 +164,9 @@ def train_step(run: Run, samples: list[dataset.Sample], generator: torch.Generat
     flipped = torch.tensor([s.flipped for s in samples])
     templates = torch.tensor([s.template_index for s in samples], device=device)
     x0 = run.latent_source.draw(image_index, flipped, latent_draw)  # [B, 4, h, w] scaled
-    x_t = c.noise_scheduler.add_noise(x0, noise, t)
-    half = c.weight_dtype != torch.float32
     time_ids = run.time_ids[image_index] if run.time_ids is not None else None
-    with torch.autocast(device.type, dtype=c.weight_dtype, enabled=half):
-        hidden, added = encode_prompts(c, run.prompt_ids, templates, time_ids)  # [B, 77, dim]
-        pred = c.unet(x_t.to(c.weight_dtype), t, hidden.to(c.weight_dtype),
-                      added_cond_kwargs=added).sample  # fmt: skip
-    if c.prediction_type == "v_prediction":
-        target = c.noise_scheduler.get_velocity(x0, noise, t)
-    else:
-        target = noise
-    return F.mse_loss(pred.float(), target.float())
+    pred, target = prediction_and_target(c, x0, noise, t, run.prompt_ids, templates, time_ids)
+    return F.mse_loss(pred, target)
 
 
 def optimizer_step(run: Run, samples_of_epoch: list[dataset.Sample]) -> float:

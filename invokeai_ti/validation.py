@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -19,7 +18,8 @@ import torch
 from invokeai_ti import dataset, latents
 from invokeai_ti.checkpoint import atomic_write, atomic_write_text, capture_rng, restore_rng
 from invokeai_ti.config import TrainingConfig
-from invokeai_ti.embedding import Placeholder, encode_prompts, prompt_text
+from invokeai_ti.denoising import prediction_and_target
+from invokeai_ti.embedding import Placeholder, prompt_text
 from invokeai_ti.errors import UserError
 from invokeai_ti.models import Components, load_pipeline
 
@@ -283,19 +283,10 @@ def denoising_loss(components: Components, latent_source: latents.LatentSource,
         t = draws.t[part].to(device)
         x0 = latent_source.draw(draws.image_index[part], draws.flipped[part], draws.latent_noise[part])
         noise = draws.noise[part].to(device)
-        x_t = c.noise_scheduler.add_noise(x0, noise, t)
-        half = c.weight_dtype != torch.float32
         templates = draws.template_index[part].to(device)
         image_time_ids = time_ids[draws.image_index[part]] if time_ids is not None else None
-        with torch.autocast(device.type, dtype=c.weight_dtype, enabled=half):
-            hidden, added = encode_prompts(c, prompt_ids, templates, image_time_ids)
-            pred = c.unet(x_t.to(c.weight_dtype), t, hidden.to(c.weight_dtype),
-                          added_cond_kwargs=added).sample  # fmt: skip
-        if c.prediction_type == "v_prediction":
-            target = c.noise_scheduler.get_velocity(x0, noise, t)
-        else:
-            target = noise
-        total += (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3)).sum().item()
+        pred, target = prediction_and_target(c, x0, noise, t, prompt_ids, templates, image_time_ids)
+        total += (pred - target).pow(2).mean(dim=(1, 2, 3)).sum().item()
     return total / len(draws.t)
 
 
@@ -343,31 +334,3 @@ def quality_report(components: Components, placeholders: list[Placeholder],
 def save_report(output_dir: Path, report: QualityReport) -> Path:
     document = dict(asdict(report), change_percent=round(report.change_percent, 2))
     return atomic_write_text(output_dir / REPORT, json.dumps(document, indent=1) + "\n")
-
-
-def evaluate_output(config: TrainingConfig, seed: int = EVAL_SEED) -> str:
-    """--eval_only: the quality report of a finished output folder, from its newest checkpoint
-    with the settings it was trained with (model, images, prompts, initializer)."""
-    # --eval_only is an action beside training, not a part of it: it needs the run exactly as
-    # training.setup() rebuilds it on resume (SDXL time ids, single files, --init_embedding),
-    # so it borrows setup() rather than keep a second copy that could drift.
-    from invokeai_ti.checkpoint import STATE_FILE, list_checkpoints
-    from invokeai_ti.training import setup
-
-    checkpoints = list_checkpoints(config.output_dir)
-    if not checkpoints:
-        raise UserError(
-            f"--eval_only: {config.output_dir} has no checkpoint-<step> folder; train first, or "
-            "point --output_dir (or --placeholder_token) at a finished run."
-        )
-    saved = json.loads((checkpoints[-1] / STATE_FILE).read_text())["config"]
-    trained = dataclasses.replace(TrainingConfig.from_dict(saved), output_dir=config.output_dir,
-                                  resume_from_checkpoint=str(checkpoints[-1]), eval_only=True,
-                                  dry_run=False)  # fmt: skip
-    log.info("Evaluating %s with the settings it was trained with.", checkpoints[-1])
-    run = setup(trained)
-    report = quality_report(run.components, run.placeholders, run.latent_source, run.prompt_ids,
-                            run.time_ids, run.initial_vectors, run.progress.step,
-                            2 * trained.train_batch_size, seed)  # fmt: skip
-    path = save_report(trained.output_dir, report)
-    return f"{report.line()} Written to {path}."

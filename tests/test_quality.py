@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import TINY_FLAGS
 
-from invokeai_ti import training, validation
+from invokeai_ti import evaluation, training, validation
 from invokeai_ti.cli import parse_config
 from invokeai_ti.root import apply_root_defaults
 
@@ -45,7 +45,7 @@ def test_learned_embedding_beats_the_initializer_on_held_out_draws(root, cli, tm
     # Draws from other seeds than the report's and the training generators': still better.
     config = apply_root_defaults(parse_config([str(f) for f in flags])[0])
     for seed in (1, 2, 3):
-        text = validation.evaluate_output(config, seed=seed)
+        text = evaluation.evaluate_output(config, seed=seed)
         held_out = json.loads((out / "report.json").read_text())
         assert held_out["seed"] == seed
         assert held_out["loss_learned"] < held_out["loss_initializer"] * 0.995, text

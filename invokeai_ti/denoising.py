@@ -1,0 +1,28 @@
+"""The denoising objective, shared by the training step and the quality report, so the report
+measures exactly what training minimises: noise the latents, encode the prompts with the current
+vectors, let the UNet predict, and say what it should have predicted."""
+
+from __future__ import annotations
+
+import torch
+
+from invokeai_ti.embedding import encode_prompts
+from invokeai_ti.models import Components
+
+
+def prediction_and_target(c: Components, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                          prompt_ids: list[torch.Tensor], templates: torch.Tensor,
+                          time_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """UNet output and its target (noise, or velocity for v-prediction models), both fp32
+    [B, 4, h, w]; `templates` picks each sample's prompt, `time_ids` are SDXL's size conditioning."""
+    x_t = c.noise_scheduler.add_noise(x0, noise, t)
+    half = c.weight_dtype != torch.float32  # frozen weights in half precision run under autocast
+    with torch.autocast(c.device.type, dtype=c.weight_dtype, enabled=half):
+        hidden, added = encode_prompts(c, prompt_ids, templates, time_ids)  # [B, 77, dim]
+        pred = c.unet(x_t.to(c.weight_dtype), t, hidden.to(c.weight_dtype),
+                      added_cond_kwargs=added).sample  # fmt: skip
+    if c.prediction_type == "v_prediction":
+        target = c.noise_scheduler.get_velocity(x0, noise, t)
+    else:
+        target = noise
+    return pred.float(), target.float()
