@@ -417,7 +417,7 @@ CASES = [
 @pytest.fixture(scope="module")
 def trained_checkpoint(tmp_path_factory, tiny_sd1) -> Path:
     """checkpoint-1 of a <psychedelic> run on the model named stable-diffusion-1.5."""
-    from invokeai_ti import training
+    from invokeai_ti import resuming, training
     from invokeai_ti.cli import parse_config
     from invokeai_ti.root import apply_root_defaults
     from invokeai_ti.tiny import write_models_yaml
@@ -428,7 +428,7 @@ def trained_checkpoint(tmp_path_factory, tiny_sd1) -> Path:
     config, _ = parse_config(["--root_dir", str(root), "--placeholder_token", TRIGGER, *FAST])
     run = training.setup(apply_root_defaults(config))
     run.progress.step = 1
-    return training.save_state(run)
+    return resuming.save_state(run)
 
 
 def _files_under(folder: Path) -> set[Path]:

@@ -329,7 +329,10 @@ def test_sigterm_saves_the_current_step_and_second_ctrl_c_aborts(root, tmp_path)
     embeds = torch.load(out / f"learned_embeds-steps-{step}.bin", weights_only=True)[TOKEN]
     assert torch.equal(saved, embeds)
     # Two Ctrl-C: the first asks for a save at the end of the step, the second aborts at once.
-    proc = start(root, out, "--max_train_steps", "200", "--resume_from_checkpoint", "latest")
+    # A tiny step and its save can finish within the 50 ms between them, so the save is slowed
+    # down: the second signal must land while the run is still going.
+    proc = start(root, out, "--max_train_steps", "200", "--resume_from_checkpoint", "latest",
+                 env={ckpt.PAUSE_ENV: "1.0"})
     wait_for(proc.stdout, f"step {step + 1}/200")
     proc.send_signal(signal.SIGINT)
     time.sleep(0.05)
