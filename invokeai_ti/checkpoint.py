@@ -283,15 +283,19 @@ def find_resume_folder(output_dir: Path, resume: str | None) -> Path | None:
     return folder
 
 
+def _damaged(folder: Path, exc: Exception) -> ResumeError:
+    return ResumeError(
+        f"--resume_from_checkpoint {folder} is damaged ({exc}): "
+        "pick an older checkpoint folder or delete this one."
+    )
+
+
 def read_fingerprint(folder: Path) -> dict[str, Any]:
     """The fingerprint alone (state.json), to refuse a mismatched resume before any heavy work."""
     try:
         return json.loads((folder / STATE_FILE).read_text()).get("fingerprint", {})
     except (OSError, ValueError) as exc:
-        raise ResumeError(
-            f"--resume_from_checkpoint {folder} is damaged ({exc}): "
-            "pick an older checkpoint folder or delete this one."
-        ) from exc
+        raise _damaged(folder, exc) from exc
 
 
 def load_checkpoint(folder: Path) -> CheckpointState:
@@ -303,10 +307,7 @@ def load_checkpoint(folder: Path) -> CheckpointState:
         document = json.loads((folder / STATE_FILE).read_text())
         tensors = load_file(str(folder / TENSORS_FILE))
     except (OSError, ValueError, SafetensorError) as exc:
-        raise ResumeError(
-            f"--resume_from_checkpoint {folder} is damaged ({exc}): "
-            "pick an older checkpoint folder or delete this one."
-        ) from exc
+        raise _damaged(folder, exc) from exc
     if document.get("format_version") != FORMAT_VERSION:
         raise ResumeError(
             f"{folder} was written by an incompatible version (format "

@@ -69,8 +69,8 @@ def read_settings(root: Path) -> RootSettings | None:
     nested = data.get("InvokeAI")
     paths = nested.get("Paths") if isinstance(nested, dict) else None
     settings = {**(paths if isinstance(paths, dict) else {}), **data}
-    models_dir = _under(root, settings.get("models_dir") or "models")
-    db_dir = _under(root, settings.get("db_dir") or "databases")
+    models_dir = path_under(root, settings.get("models_dir") or "models")
+    db_dir = path_under(root, settings.get("db_dir") or "databases")
     return RootSettings(models_dir=models_dir, db_path=db_dir / DB_FILE)
 
 
@@ -117,7 +117,7 @@ def _record(settings: RootSettings, name, base, fmt, path, config) -> Registered
         name=str(name),
         base=str(base),
         format=str(fmt),
-        path=_under(settings.models_dir, str(path)),
+        path=path_under(settings.models_dir, str(path)),
         config=extra if isinstance(extra, dict) else {},
     )
 
@@ -131,6 +131,7 @@ def find_registered(root: Path, value: str) -> list[RegisteredModel]:
     return [m for m in models if m.label == value]
 
 
-def _under(folder: Path, value: str) -> Path:
+def path_under(folder: Path, value: str) -> Path:
+    """`value` as a path: absolute (after ~) as given, otherwise relative to `folder`."""
     path = Path(value).expanduser()
     return path if path.is_absolute() else folder / path

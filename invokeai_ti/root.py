@@ -203,7 +203,7 @@ def _source_from_record(
             "reinstall the model in InvokeAI or pass --model its path."
         )
     config_path = record.config.get("config_path")
-    config = _under_root(root, config_path) if isinstance(config_path, str) else None
+    config = registry.path_under(root, config_path) if isinstance(config_path, str) else None
     prediction = record.config.get("prediction_type")
     return ModelSource(
         path=record.path,
@@ -237,7 +237,7 @@ def _source_from_yaml_entry(
         path = _under_models(root, weights)
         if not path.is_file():
             raise ModelError(f"models.yaml entry '{name}' names {path}, which does not exist.")
-        config = _under_root(root, entry["config"]) if entry.get("config") else None
+        config = registry.path_under(root, entry["config"]) if entry.get("config") else None
         return ModelSource(path=path, kind="single_file", name=name, config=config)
     raise ModelError(
         f"models.yaml entry '{name}' has format '{fmt}' without a usable path or repo_id: "
@@ -248,7 +248,7 @@ def _source_from_yaml_entry(
 def _under_models(root: Path, value: str) -> Path:
     """A models.yaml model path: 2.3 wrote it relative to the root, 3.x to its models_dir."""
     settings = registry.read_settings(root)
-    return _under_root(settings.models_dir if settings else root, value)
+    return registry.path_under(settings.models_dir if settings else root, value)
 
 
 def _hub_snapshot(repo_id: str, revision: str | None, root: Path) -> Path:
@@ -274,11 +274,6 @@ def _hub_snapshot(repo_id: str, revision: str | None, root: Path) -> Path:
 def _looks_like_repo_id(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
-
-
-def _under_root(root: Path, value: str) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else root / path
 
 
 def _absolute(path: Path) -> Path:
