@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from invokeai_ti import weights
 from invokeai_ti.config import TrainingConfig
 from invokeai_ti.errors import ModelError, UserError
 from invokeai_ti.root import ModelSource
@@ -114,7 +115,13 @@ def _load_folder(source: ModelSource, config: TrainingConfig, dtype: torch.dtype
     kwargs = dict(local_files_only=True)
     try:
         tokenizers, encoders = _load_text_side(folder, config, dtype)
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, **kwargs)
+        # Converted tensor by tensor when the stored dtype differs (see weights.py: the UNet is
+        # most of the model, and from_pretrained's conversion held the file's copy too).
+        unet = weights.load_diffusers_model(UNet2DConditionModel, folder / "unet", dtype)
+        if unet is None:
+            unet = UNet2DConditionModel.from_pretrained(
+                folder, subfolder="unet", torch_dtype=dtype, **kwargs
+            )
         # The VAE stays fp32: it only runs to fill the latent cache, and SD VAEs overflow in fp16.
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **kwargs)
         noise_scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler", **kwargs)
