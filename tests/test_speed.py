@@ -33,7 +33,7 @@ def _losses(run: training.Run) -> list[float]:
 def test_cached_latents_learn_what_encoding_every_step_learns(root):
     """The cache keeps each image's posterior mean and std and draws mean + std * noise with the
     step's generator: the very sample the VAE's posterior gives for that noise. Only the encoder's
-    batching differs (4 images at once vs the step's batch), a float-rounding difference."""
+    batching differs (one image at a time vs the step's batch), a float-rounding difference."""
     steps = ("--max_train_steps", "6")
     cached = _setup(root, *steps)
     assert cached.components.vae is None and cached.latent_source.vae is None  # VAE freed
