@@ -14,6 +14,8 @@ per (resolution, precision) so that machine load hits them alike:
             ../shared/tools/README.md for its torchvision overlay).
 - ours-nocache / ours-gc / ours-cl: ours with --no-cache_latents, --gradient_checkpointing, or the
             UNet in channels_last (opt-in with --variants, to measure those choices).
+- limit-compile: the limit with the UNet under torch.compile (inductor; it compiles during the
+            warm-up steps), to see whether compiling would lower the floor.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 TOKEN, INITIALIZER = "<bench>", "toy"
 DEFAULT_VARIANTS = ("limit", "ours", "baseline")
-EXTRA_VARIANTS = ("ours-nocache", "ours-gc", "ours-cl")
+EXTRA_VARIANTS = ("ours-nocache", "ours-gc", "ours-cl", "limit-compile")
 
 
 # --- parent: build the model once, run each variant in a child, print the table ---------------
@@ -211,8 +213,8 @@ def child(args: argparse.Namespace) -> None:
     px, precision = args.sizes[0], args.precisions[0]
     model = args.model_cache / "sd15-sd1"
     images = args.model_cache / f"images-{args.num_images}"
-    if args.child == "limit":
-        step, optimizer = limit_step(model, px, precision)
+    if args.child in ("limit", "limit-compile"):
+        step, optimizer = limit_step(model, px, precision, compiled=args.child == "limit-compile")
     elif args.child == "baseline":
         step, optimizer = baseline_step(model, images, px, precision)
     else:
@@ -294,12 +296,14 @@ def _frozen(model: Path, px: int, precision: str, text_dtype=None):
     return tokenizer, encoder, unet, scheduler, dtype
 
 
-def limit_step(model: Path, px: int, precision: str):
+def limit_step(model: Path, px: int, precision: str, compiled: bool = False):
     """The floor: text encoder and UNet forward and backward down to one vector in the lookup."""
     import torch
     import torch.nn.functional as F
 
     tokenizer, encoder, unet, scheduler, dtype = _frozen(model, px, precision)
+    if compiled:
+        unet = torch.compile(unet)
     ids = tokenizer(["a photo of a toy"], padding="max_length", max_length=77,
                     return_tensors="pt").input_ids  # fmt: skip
     vector = torch.zeros(encoder.config.hidden_size, requires_grad=True)
