@@ -10,8 +10,9 @@ per (resolution, precision) so that machine load hits them alike:
 - ours:     invokeai-ti's own setup() and optimizer_step() (latent cache, leaf vectors).
 - baseline: the upstream recipe (diffusers' textual_inversion.py, InvokeAI 2.3): the whole token
             embedding matrix in AdamW, the VAE encoding every step, the other rows restored.
-- peer:     with --peer SCRIPT, the real diffusers script instead of `baseline` (see
-            ../shared/tools/README.md for its torchvision overlay).
+- peer:     with --peer SCRIPT, also the real diffusers script, unmodified (see
+            ../shared/tools/README.md for its torchvision overlay), timed as the difference of a
+            short and a long run, so that its model loading is not counted.
 - ours-nocache / ours-gc / ours-cl: ours with --no-cache_latents, --gradient_checkpointing, or the
             UNet in channels_last (opt-in with --variants, to measure those choices).
 - limit-compile: the limit with the UNet under torch.compile (inductor; it compiles during the
@@ -36,7 +37,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 TOKEN, INITIALIZER = "<bench>", "toy"
 DEFAULT_VARIANTS = ("limit", "ours", "baseline")
-EXTRA_VARIANTS = ("ours-nocache", "ours-gc", "ours-cl", "limit-compile")
+EXTRA_VARIANTS = ("ours-nocache", "ours-gc", "ours-cl", "limit-compile", "peer")
 
 
 # --- parent: build the model once, run each variant in a child, print the table ---------------
@@ -72,45 +73,64 @@ def ensure_images(cache: Path, count: int) -> Path:
 def measure(args: argparse.Namespace, variant: str, px: int, precision: str, model: Path,
             images: Path) -> dict:  # fmt: skip
     """Run one variant in a fresh process; its peak RSS comes from wait4, like getrusage there."""
+    row = dict(variant=variant, px=px, precision=precision)
+    if variant == "peer":
+        return dict(row, **_measure_peer(args, px, precision, model, images))
+    cmd = [sys.executable, __file__, "--child", variant, "--sizes", str(px),
+           "--precisions", precision, "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--model_cache", str(args.model_cache), "--num_images", str(args.num_images)]  # fmt: skip
+    result, peak_rss = _run(cmd, {}, f"{variant} {px}px {precision}")
+    return dict(row, peak_rss=peak_rss, **(result or {"error": True}))
+
+
+def _run(cmd: list, env: dict, what: str) -> tuple[dict | None, int]:
+    """Run cmd in a temporary folder (its cwd); (the JSON it wrote to $RESULT_JSON, or None when it
+    failed; its peak RSS)."""
     with tempfile.TemporaryDirectory(prefix="ti-bench-") as tmp:
         result_path = Path(tmp) / "result.json"
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-        if variant == "peer":
-            cmd = _peer_command(args, px, precision, model, images, Path(tmp))
-            env["TIMING_JSON"] = str(result_path)
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.peer_pythonpath,
-                                                              env.get("PYTHONPATH")]))  # fmt: skip
-        else:
-            cmd = [sys.executable, __file__, "--child", variant, "--child_out", str(result_path),
-                   "--sizes", str(px), "--precisions", precision, "--steps", str(args.steps),
-                   "--warmup", str(args.warmup), "--model_cache", str(args.model_cache),
-                   "--num_images", str(args.num_images)]  # fmt: skip
+        full_env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+                        RESULT_JSON=str(result_path), TIMING_JSON=str(result_path), **env)  # fmt: skip
         log = Path(tmp) / "log.txt"
         with log.open("w") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp)
+            proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=tmp
+            )
             _, status, usage = os.wait4(proc.pid, 0)
-        row = dict(variant=variant, px=px, precision=precision, peak_rss=usage.ru_maxrss * 1024)
         if os.waitstatus_to_exitcode(status) != 0 or not result_path.is_file():
             tail = log.read_text(errors="replace")[-1500:]
-            print(f"  {variant} {px}px {precision} FAILED:\n{tail}", file=sys.stderr)
-            return dict(row, error=True)
-        result = json.loads(result_path.read_text())
-    if variant == "peer":  # the launcher's timing: steady steps after the first
-        result = dict(s_per_step=result["steady_s_per_step_skip1"],
-                      setup_s=result["first_step_done_s"], optimizer_bytes=None)  # fmt: skip
-    return dict(row, **result)
+            print(f"  {what} FAILED:\n{tail}", file=sys.stderr)
+            return None, usage.ru_maxrss * 1024
+        return json.loads(result_path.read_text()), usage.ru_maxrss * 1024
 
 
-def _peer_command(args, px: int, precision: str, model: Path, images: Path, tmp: Path) -> list:
-    launcher = Path(args.peer_launcher)
-    steps = args.warmup + args.steps + 1  # the launcher skips the first step
-    return [sys.executable, str(launcher), str(args.peer),
+def _measure_peer(args, px: int, precision: str, model: Path, images: Path) -> dict:
+    """The real diffusers script, run twice: with warmup + 1 and with warmup + 1 + steps steps.
+    The launcher stamps every tqdm update, the model-loading bars of transformers too, so its own
+    steps/s mixes loading into training; the difference between the two runs' last-step times
+    is `steps` training steps alone."""
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [args.peer_pythonpath,
+                                                       os.environ.get("PYTHONPATH")]))}  # fmt: skip
+    short_steps = args.warmup + 1
+    runs = []
+    for steps in (short_steps, short_steps + args.steps):
+        result, peak_rss = _run(_peer_command(args, px, precision, model, images, steps), env,
+                                f"peer {px}px {precision} ({steps} steps)")  # fmt: skip
+        if result is None:
+            return dict(peak_rss=peak_rss, error=True)
+        runs.append((result["process_s"] - result["after_last_step_s"], peak_rss))
+    s_per_step = (runs[1][0] - runs[0][0]) / args.steps
+    return dict(s_per_step=s_per_step, setup_s=runs[0][0] - short_steps * s_per_step,
+                peak_rss=max(rss for _, rss in runs), optimizer_bytes=None)  # fmt: skip
+
+
+def _peer_command(args, px: int, precision: str, model: Path, images: Path, steps: int) -> list:
+    return [sys.executable, str(Path(args.peer_launcher)), str(args.peer),
             f"--pretrained_model_name_or_path={model}", f"--train_data_dir={images}",
             f"--placeholder_token={TOKEN}", f"--initializer_token={INITIALIZER}",
             f"--resolution={px}", "--train_batch_size=1", f"--max_train_steps={steps}",
             "--lr_scheduler=constant", "--lr_warmup_steps=0", "--save_steps=100000",
-            "--checkpointing_steps=100000", f"--output_dir={tmp / 'out'}",
-            f"--mixed_precision={'bf16' if precision == 'bf16' else 'no'}"]  # fmt: skip
+            "--checkpointing_steps=100000", "--validation_steps=100000",
+            f"--mixed_precision={'bf16' if precision == 'bf16' else 'no'}", "--output_dir=out"]  # fmt: skip
 
 
 def format_tables(rows: list[dict], meta: str) -> str:
@@ -127,16 +147,17 @@ def format_tables(rows: list[dict], meta: str) -> str:
                      f"{1 / r['s_per_step']:.3f} | {r['setup_s']:.1f} | {r['peak_rss'] / gib:.2f} | "
                      f"{setup_rss} | {state} |")  # fmt: skip
     lines += ["", "| px | precision | ours / limit | baseline / ours (speed-up) | "
-              "RSS ours / baseline | ours fp32 / ours bf16 (speed-up) |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+              "RSS ours / baseline | peer / ours (speed-up) | RSS ours / peer | "
+              "ours fp32 / ours bf16 (speed-up) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     best = _best_by_key(rows)
     for px, precision in dict.fromkeys((r["px"], r["precision"]) for r in rows):
         ours, limit = best.get((px, precision, "ours")), best.get((px, precision, "limit"))
-        base = best.get((px, precision, "peer")) or best.get((px, precision, "baseline"))
+        base, peer = best.get((px, precision, "baseline")), best.get((px, precision, "peer"))
         fp32, bf16 = best.get((px, "fp32", "ours")), best.get((px, "bf16", "ours"))
         lines.append(
             f"| {px} | {precision} | {_ratio(ours, limit, 's_per_step')} | "
             f"{_ratio(base, ours, 's_per_step')} | {_ratio(ours, base, 'peak_rss')} | "
+            f"{_ratio(peer, ours, 's_per_step')} | {_ratio(ours, peer, 'peak_rss')} | "
             f"{_ratio(fp32, bf16, 's_per_step') if precision == 'bf16' else ''} |"
         )
     return "\n".join(lines) + "\n"
@@ -184,7 +205,9 @@ def run_all(args: argparse.Namespace) -> None:
     args.model_cache.mkdir(parents=True, exist_ok=True)
     model = ensure_model(args.model_cache)
     images = ensure_images(args.model_cache, args.num_images)
-    variants = [("peer" if v == "baseline" and args.peer else v) for v in args.variants]
+    variants = args.variants + (["peer"] if args.peer and "peer" not in args.variants else [])
+    if "peer" in variants and not args.peer:
+        raise SystemExit("--variants peer needs --peer PATH/textual_inversion.py")
     rows, start = [], time.perf_counter()
     for _ in range(args.rounds):
         for px in args.sizes:
@@ -235,7 +258,7 @@ def child(args: argparse.Namespace) -> None:
                   setup_rss=setup_rss, times=times)  # fmt: skip
     if torch.cuda.is_available():
         result["peak_vram"] = torch.cuda.max_memory_allocated()
-    args.child_out.write_text(json.dumps(result))
+    Path(os.environ["RESULT_JSON"]).write_text(json.dumps(result))
 
 
 def _peak_rss_so_far() -> int | None:
@@ -395,7 +418,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         default=Path(tempfile.gettempdir()) / "invokeai-ti-bench",
                         help="where the random SD1.5-shaped model is built once")  # fmt: skip
     parser.add_argument(
-        "--peer", type=Path, help="diffusers' textual_inversion.py: replaces baseline"
+        "--peer", type=Path, help="diffusers' textual_inversion.py: adds the `peer` variant"
     )
     parser.add_argument("--peer_launcher", type=Path,
                         default=HERE.parent.parent / "shared" / "tools" / "peer_launch.py")  # fmt: skip
@@ -403,7 +426,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="torchvision overlay for the peer script")  # fmt: skip
     parser.add_argument("--out", type=Path, help="also write the tables as markdown here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--child_out", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
