@@ -88,6 +88,7 @@ def _run(cmd: list, env: dict, what: str) -> tuple[dict | None, int]:
     failed; its peak RSS)."""
     with tempfile.TemporaryDirectory(prefix="ti-bench-") as tmp:
         result_path = Path(tmp) / "result.json"
+        # Our child writes RESULT_JSON; the peer launcher writes the same file as TIMING_JSON.
         full_env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                         RESULT_JSON=str(result_path), TIMING_JSON=str(result_path), **env)  # fmt: skip
         log = Path(tmp) / "log.txt"
