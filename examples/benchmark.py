@@ -48,7 +48,7 @@ def ensure_model(cache: Path) -> Path:
     folder = cache / "sd15-sd1"
     if (folder / "model_index.json").is_file():
         return folder
-    from invokeai_ti.tiny import save_tiny_model
+    from invokeai_ti.models.tiny import save_tiny_model
 
     partial = cache / "sd15-sd1.partial"
     shutil.rmtree(partial, ignore_errors=True)
@@ -275,9 +275,11 @@ def ours_step(variant: str, model: Path, images: Path, px: int, precision: str):
     """invokeai-ti's own path: the CLI's config, setup(), optimizer_step() as the loop calls it."""
     import torch
 
-    from invokeai_ti import dataset, training
-    from invokeai_ti.cli import parse_config
-    from invokeai_ti.root import apply_root_defaults
+    from invokeai_ti.data import dataset
+    from invokeai_ti.front.cli import parse_config
+    from invokeai_ti.invokeai.root import apply_root_defaults
+    from invokeai_ti.train.setup import setup
+    from invokeai_ti.train.step import optimizer_step
 
     argv = ["--model", str(model), "--train_data_dir", str(images), "--root_dir", ".",
             "--output_dir", "out", "--placeholder_token", TOKEN, "--initializer_token", INITIALIZER,
@@ -289,7 +291,7 @@ def ours_step(variant: str, model: Path, images: Path, px: int, precision: str):
     )
     config, _ = parse_config(argv)
     config.validate()
-    run = training.setup(apply_root_defaults(config))
+    run = setup(apply_root_defaults(config))
     if variant == "ours-cl":
         run.components.unet.to(memory_format=torch.channels_last)
     p, epoch = run.progress, {}
@@ -299,7 +301,7 @@ def ours_step(variant: str, model: Path, images: Path, px: int, precision: str):
             epoch.clear()
             epoch[p.epoch] = dataset.epoch_samples(len(run.images.paths), run.config.repeats,
                                                    run.prompt_ids[0].shape[0], p.seed, p.epoch)  # fmt: skip
-        training.optimizer_step(run, epoch[p.epoch])
+        optimizer_step(run, epoch[p.epoch])
 
     return step, run.optimizer
 
@@ -358,7 +360,7 @@ def baseline_step(model: Path, images: Path, px: int, precision: str):
     import torch.nn.functional as F
     from diffusers import AutoencoderKL
 
-    from invokeai_ti import dataset
+    from invokeai_ti.data import dataset
 
     # The trained text encoder stays fp32 (its embedding matrix is the parameter); UNet and VAE
     # take the weight dtype, as in diffusers' script.

@@ -21,7 +21,7 @@ TRIGGER = "psychedelic"
 
 
 def prepare_root(root: Path) -> Path:
-    from invokeai_ti.tiny import save_tiny_model, write_models_yaml
+    from invokeai_ti.models.tiny import save_tiny_model, write_models_yaml
 
     model_dir = root / "models" / "tiny-sd1"
     if not (model_dir / "model_index.json").is_file():

@@ -2,6 +2,6 @@
 
 import sys
 
-from invokeai_ti.cli import main
+from invokeai_ti.front.cli import main
 
 sys.exit(main())

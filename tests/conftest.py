@@ -38,21 +38,21 @@ def make_concept_images(folder: Path, count: int = 4, size: tuple[int, int] = (8
 
 @pytest.fixture(scope="session")
 def tiny_sd1(tmp_path_factory) -> Path:
-    from invokeai_ti.tiny import save_tiny_model
+    from invokeai_ti.models.tiny import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd1", family="sd1")
 
 
 @pytest.fixture(scope="session")
 def tiny_sd2(tmp_path_factory) -> Path:
-    from invokeai_ti.tiny import save_tiny_model
+    from invokeai_ti.models.tiny import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd2", family="sd2")
 
 
 @pytest.fixture(scope="session")
 def tiny_sdxl(tmp_path_factory) -> Path:
-    from invokeai_ti.tiny import save_tiny_model
+    from invokeai_ti.models.tiny import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sdxl", family="sdxl")
 
@@ -66,7 +66,7 @@ def concept_images(tmp_path_factory) -> Path:
 def root(tmp_path, tiny_sd1, concept_images) -> Path:
     """An InvokeAI 2.3 root whose models.yaml names the tiny model stable-diffusion-1.5, with the
     concept images in text-inversion-training-data/psychedelic."""
-    from invokeai_ti.tiny import write_models_yaml
+    from invokeai_ti.models.tiny import write_models_yaml
 
     root = tmp_path / "invokeai"
     write_models_yaml(root, {"stable-diffusion-1.5": tiny_sd1}, default="stable-diffusion-1.5")
@@ -84,7 +84,7 @@ class CliResult:
 @pytest.fixture
 def cli(capsys):
     """Run `invokeai-ti ARGS` in this process and capture its output."""
-    from invokeai_ti.cli import main
+    from invokeai_ti.front.cli import main
 
     def run(*args: str) -> CliResult:
         try:

@@ -12,16 +12,20 @@ if [ ! -x "$VENV/bin/python" ]; then
   "${PYTHON:-python3}" -m venv "$VENV"
 fi
 "${PIP[@]}" install -q -r "$REQUIREMENTS"
-# Installing the package with its dependencies must change nothing the requirements installed:
-# that is what installing it into InvokeAI's own venv does to InvokeAI's pins.
-before=$("${PIP[@]}" freeze --exclude-editable | grep -iv '^invokeai-ti' || true)
+# Installing the package with its dependencies must change no version the requirements installed:
+# that is what installing it into InvokeAI's own venv does to InvokeAI's pins. New packages (our
+# own dependencies InvokeAI lacks, e.g. textual) may be added; nothing may be up- or downgraded.
+before=$("${PIP[@]}" freeze --exclude-editable | grep -iv '^invokeai-ti' | sort || true)
 "${PIP[@]}" install -q -e .
-after=$("${PIP[@]}" freeze --exclude-editable | grep -iv '^invokeai-ti' || true)
-if [ "$before" != "$after" ]; then
-  echo "installing invokeai-ti changed packages of $REQUIREMENTS:" >&2
+after=$("${PIP[@]}" freeze --exclude-editable | grep -iv '^invokeai-ti' | sort || true)
+changed=$(comm -23 <(echo "$before") <(echo "$after"))
+if [ -n "$changed" ]; then
+  echo "installing invokeai-ti changed packages of $REQUIREMENTS (before -> after):" >&2
   diff <(echo "$before") <(echo "$after") >&2 || true
   exit 1
 fi
+added=$(comm -13 <(echo "$before") <(echo "$after") | tr '\n' ' ')
+[ -z "$added" ] || echo "installing invokeai-ti added: $added"
 # clip-anytorch only carries the real CLIP vocabulary the tiny test models use; its own
 # dependencies (torchvision among them) are not wanted, so pip check passes over it alone.
 if ! check=$("${PIP[@]}" check 2>&1); then

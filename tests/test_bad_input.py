@@ -137,7 +137,7 @@ def _exif_rotated(path: Path) -> None:
 
 
 def _decoded(ctx: Ctx, name: str):
-    from invokeai_ti.dataset import decode_image
+    from invokeai_ti.data.dataset import decode_image
 
     return np.asarray(decode_image(ctx.data / name, 64), dtype=np.int32)
 
@@ -297,7 +297,7 @@ def _resume_other_trigger(ctx: Ctx) -> list[str]:
 
 
 def _resume_other_model(ctx: Ctx) -> list[str]:
-    from invokeai_ti.tiny import write_models_yaml
+    from invokeai_ti.models.tiny import write_models_yaml
 
     tiny = ctx.request.getfixturevalue("tiny_sd1")
     write_models_yaml(ctx.root, {"stable-diffusion-1.5": tiny, "other-model": tiny})
@@ -341,7 +341,7 @@ def _resume_damaged(ctx: Ctx) -> list[str]:
 
 
 def _check_disk_full(ctx: Ctx, out: str) -> None:
-    from invokeai_ti import checkpoint as ckpt
+    from invokeai_ti.files import checkpoint as ckpt
 
     output = ctx.root / "text-inversion-output" / "psychedelic"
     assert [p.name for p in ckpt.list_checkpoints(output)] == ["checkpoint-1"]
@@ -417,18 +417,19 @@ CASES = [
 @pytest.fixture(scope="module")
 def trained_checkpoint(tmp_path_factory, tiny_sd1) -> Path:
     """checkpoint-1 of a <psychedelic> run on the model named stable-diffusion-1.5."""
-    from invokeai_ti import resuming, training
-    from invokeai_ti.cli import parse_config
-    from invokeai_ti.root import apply_root_defaults
-    from invokeai_ti.tiny import write_models_yaml
+    from invokeai_ti.front.cli import parse_config
+    from invokeai_ti.invokeai.root import apply_root_defaults
+    from invokeai_ti.models.tiny import write_models_yaml
+    from invokeai_ti.train import saving
+    from invokeai_ti.train.setup import setup
 
     root = tmp_path_factory.mktemp("resume") / "invokeai"
     write_models_yaml(root, {"stable-diffusion-1.5": tiny_sd1}, default="stable-diffusion-1.5")
     make_concept_images(root / "text-inversion-training-data" / "psychedelic")
     config, _ = parse_config(["--root_dir", str(root), "--placeholder_token", TRIGGER, *FAST])
-    run = training.setup(apply_root_defaults(config))
+    run = setup(apply_root_defaults(config))
     run.progress.step = 1
-    return resuming.save_state(run)
+    return saving.save_state(run)
 
 
 def _files_under(folder: Path) -> set[Path]:
@@ -528,7 +529,7 @@ def test_warnings_come_before_the_error_line(root, tmp_path):
 
 def test_bf16_on_a_gpu_without_it_is_refused(monkeypatch):
     from invokeai_ti.errors import UserError
-    from invokeai_ti.models import weight_dtype_for
+    from invokeai_ti.models.loading import weight_dtype_for
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     with pytest.raises(UserError, match="--mixed_precision bf16: this GPU has no bfloat16"):

@@ -19,9 +19,12 @@ import torch
 from conftest import TINY_FLAGS
 from safetensors.torch import load_file
 
-from invokeai_ti import checkpoint as ckpt
-from invokeai_ti import training
+from invokeai_ti.config import TrainingConfig
 from invokeai_ti.errors import ResumeError, UserError
+from invokeai_ti.files import atomic
+from invokeai_ti.files import checkpoint as ckpt
+from invokeai_ti.train import loop
+from invokeai_ti.train.setup import setup
 
 TOKEN = "<psychedelic>"
 # 4 images x 2 repeats = 8 samples; batch 3 -> 3 micro-batches per epoch (the last one short);
@@ -32,9 +35,9 @@ EXACT = ("--train_batch_size", "3", "--gradient_accumulation_steps", "2", "--rep
          "--checkpointing_steps", "100", "--save_steps", "100", "--validation_steps", "0")  # fmt: skip
 
 
-def _config(*argv: str) -> training.TrainingConfig:
-    from invokeai_ti.cli import parse_config
-    from invokeai_ti.root import apply_root_defaults
+def _config(*argv: str) -> TrainingConfig:
+    from invokeai_ti.front.cli import parse_config
+    from invokeai_ti.invokeai.root import apply_root_defaults
 
     config, _ = parse_config(argv)
     config.validate()
@@ -58,14 +61,14 @@ def final_state(out: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 def interrupt_after(monkeypatch, step: int, signum: int = signal.SIGINT) -> None:
     """Deliver a real signal to this process right after optimizer step `step`."""
-    report_step = training.report_step
+    report_step = loop.report_step
 
     def report_then_signal(run, reporter):
         report_step(run, reporter)
         if run.progress.step == step:
             signal.raise_signal(signum)
 
-    monkeypatch.setattr(training, "report_step", report_then_signal)
+    monkeypatch.setattr(loop, "report_step", report_then_signal)
 
 
 def assert_same_run(out: Path, reference: Path) -> None:
@@ -84,8 +87,8 @@ def reference(tmp_path_factory, tiny_sd1, concept_images) -> tuple[Path, Path]:
     """One uninterrupted run of EXACT, shared by the resume cases: (root, output folder)."""
     import shutil
 
-    from invokeai_ti.cli import main
-    from invokeai_ti.tiny import write_models_yaml
+    from invokeai_ti.front.cli import main
+    from invokeai_ti.models.tiny import write_models_yaml
 
     root = tmp_path_factory.mktemp("exact") / "invokeai"
     write_models_yaml(root, {"stable-diffusion-1.5": tiny_sd1}, default="stable-diffusion-1.5")
@@ -156,7 +159,7 @@ def test_resume_guards(cli, root, tmp_path, tiny_sd1, caplog):
     assert (out / "learned_embeds.bin").is_file() and "Trained 2 steps" in again.out
     # A larger --max_train_steps extends the run; the schedule is the one for the new total.
     caplog.clear()
-    run = training.setup(_config(*flags(root, out, "--max_train_steps", "4", "--lr_scheduler",
+    run = setup(_config(*flags(root, out, "--max_train_steps", "4", "--lr_scheduler",
                                         "linear", "--resume_from_checkpoint", "latest")))  # fmt: skip
     assert run.progress.step == 2 and run.total_steps == 4
     assert run.schedule.get_last_lr()[0] == pytest.approx(run.learning_rate * 2 / 4)
@@ -165,7 +168,7 @@ def test_resume_guards(cli, root, tmp_path, tiny_sd1, caplog):
                     "new total."]  # fmt: skip
     # `latest` with no checkpoint: a new run, said in one info line.
     caplog.clear()
-    fresh = training.setup(_config(*flags(root, tmp_path / "empty", "--resume_from_checkpoint",
+    fresh = setup(_config(*flags(root, tmp_path / "empty", "--resume_from_checkpoint",
                                           "latest", "--dry_run")))  # fmt: skip
     assert fresh.progress.step == 0 and fresh.resumed_from is None
     said = [r.getMessage() for r in caplog.records if "No checkpoint" in r.getMessage()]
@@ -208,7 +211,7 @@ def _adamw_state(dim: int, num_vectors: int = 1) -> ckpt.CheckpointState:
     optimizer = torch.optim.AdamW([vectors], lr=1e-3)
     vectors.sum().backward()
     optimizer.step()
-    config = training.TrainingConfig(placeholder_token=TOKEN, max_train_steps=5000)
+    config = TrainingConfig(placeholder_token=TOKEN, max_train_steps=5000)
     return ckpt.CheckpointState(ckpt.Progress(step=3000, seed=1, losses=[0.123456789] * 3000),
                                 [vectors], optimizer.state_dict(), {"token_dims": [dim]},
                                 config.to_json())  # fmt: skip
@@ -240,10 +243,10 @@ def test_checkpoint_size_does_not_grow_with_the_model(cli, root, tmp_path, tiny_
 def test_written_files_get_the_umask_mode_not_0600(tmp_path):
     old = os.umask(0o022)
     try:
-        path = ckpt.atomic_write_text(tmp_path / "a.txt", "x")
+        path = atomic.atomic_write_text(tmp_path / "a.txt", "x")
         folder = ckpt.save_checkpoint(tmp_path, _adamw_state(8))
         os.umask(0o027)
-        private = ckpt.save_torch(tmp_path / "b.bin", {"t": torch.zeros(2)})
+        private = atomic.save_torch(tmp_path / "b.bin", {"t": torch.zeros(2)})
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
@@ -262,7 +265,7 @@ class _Exploit:
 
 
 def test_loading_never_unpickles_code(tmp_path, cli):
-    from invokeai_ti.formats import read_embedding
+    from invokeai_ti.files.formats import read_embedding
 
     marker = tmp_path / "pwned"
     evil = tmp_path / "learned_embeds.bin"
@@ -289,6 +292,12 @@ def start(root: Path, out: Path, *extra: str, env: dict | None = None) -> subpro
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
         env=dict(os.environ, **(env or {})),
     )  # fmt: skip
+
+
+def slow_saves(seconds: float) -> dict[str, str]:
+    """Environment for a run whose checkpoint saves pause `seconds` between their two files."""
+    path = [str(Path(__file__).parent / "slow_saves"), os.environ.get("PYTHONPATH", "")]
+    return {"PYTHONPATH": os.pathsep.join(p for p in path if p), "SLOW_SAVE_SECONDS": str(seconds)}
 
 
 def wait_for(stream, text: str, timeout: float = 300) -> str:
@@ -332,7 +341,7 @@ def test_sigterm_saves_the_current_step_and_second_ctrl_c_aborts(root, tmp_path)
     # A tiny step and its save can finish within the 50 ms between them, so the save is slowed
     # down: the second signal must land while the run is still going.
     proc = start(root, out, "--max_train_steps", "200", "--resume_from_checkpoint", "latest",
-                 env={ckpt.PAUSE_ENV: "1.0"})
+                 env=slow_saves(1.0))
     wait_for(proc.stdout, f"step {step + 1}/200")
     proc.send_signal(signal.SIGINT)
     time.sleep(0.05)
@@ -347,11 +356,11 @@ def test_sigterm_saves_the_current_step_and_second_ctrl_c_aborts(root, tmp_path)
 @pytest.mark.slow
 def test_sigkill_at_random_moments_resumes_to_the_same_embedding(root, tmp_path):
     """>= 10 SIGKILLs: half as soon as a checkpoint's temp folder appears (inside the save, which
-    the test hook makes last 0.3 s), half at a random moment of training. After each, `latest`
+    the slow_saves hook makes last 0.3 s), half at a random moment of training. After each, `latest`
     must be the newest complete checkpoint; the last run ends with the uninterrupted embedding."""
     steps, rng = 16, random.Random(1234)
     extra = ("--max_train_steps", str(steps), "--checkpointing_steps", "1", "--save_steps", "100")
-    env = {ckpt.PAUSE_ENV: "0.3"}
+    env = slow_saves(0.3)
     reference = tmp_path / "reference"
     assert subprocess.run([sys.executable, "-m", "invokeai_ti", *flags(root, reference, *extra)],
                           env=dict(os.environ, **env), capture_output=True).returncode == 0  # fmt: skip

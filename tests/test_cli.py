@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from invokeai_ti.cli import build_parser, parse_config
 from invokeai_ti.config import TrainingConfig
+from invokeai_ti.front.cli import build_parser, parse_config
 
 # Every InvokeAI 2.3 flag (and alias) plus the new ones the core issue asks for.
 FLAGS_23 = """--root_dir --root --logging_dir --output_dir --model --revision --tokenizer_name

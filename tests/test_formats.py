@@ -13,8 +13,8 @@ import torch
 from conftest import TINY_FLAGS
 from safetensors.torch import load_file, save_file
 
-from invokeai_ti import export
 from invokeai_ti.config import TrainingConfig
+from invokeai_ti.files import export
 
 # InvokeAI's base-model probe for embedding files, written from its documented rules (not our
 # formats.py): string_to_param, emb_params and clip_g by shape[-1], any other dict by the first
@@ -196,7 +196,7 @@ def test_inspect_refuses_foreign_files_in_one_line(cli, tmp_path):
 def test_weights_only_reader_never_unpickles_code(tmp_path):
     """The file would run code if unpickled; reading it must refuse before that."""
     from invokeai_ti.errors import UserError
-    from invokeai_ti.formats import read_embedding
+    from invokeai_ti.files.formats import read_embedding
 
     marker = tmp_path / "ran"
 
@@ -215,9 +215,9 @@ def test_weights_only_reader_never_unpickles_code(tmp_path):
 
 
 def test_init_embedding_sets_the_starting_vectors_of_any_format(root, tmp_path):
-    from invokeai_ti.cli import parse_config
-    from invokeai_ti.root import apply_root_defaults
-    from invokeai_ti.training import setup
+    from invokeai_ti.front.cli import parse_config
+    from invokeai_ti.invokeai.root import apply_root_defaults
+    from invokeai_ti.train.setup import setup
 
     start = _vectors((32,), 2, seed=3)[0]
     a1111 = tmp_path / "start.pt"
@@ -278,7 +278,7 @@ def test_resume_from_a_checkpoint_of_another_family_fails_at_once(cli, root, tmp
 
 
 def test_checkpoint_folders_read_as_embeddings(tmp_path):
-    from invokeai_ti.formats import read_embedding
+    from invokeai_ti.files.formats import read_embedding
 
     folder = tmp_path / "checkpoint-4"
     folder.mkdir()

@@ -14,17 +14,15 @@ import pytest
 
 pytest.importorskip("textual")
 
-from invokeai_ti import choices, form  # noqa: E402
-from invokeai_ti.cli import build_parser, main, parse_config  # noqa: E402
-from invokeai_ti.command import command_line, config_to_argv  # noqa: E402
 from invokeai_ti.config import TrainingConfig  # noqa: E402
-from invokeai_ti.gui import CANCELLED_EXIT_CODE, StartRequest, TrainingForm  # noqa: E402
-from invokeai_ti.root import (  # noqa: E402
-    apply_root_defaults,
-    default_model_name,
-    list_model_names,
-)
-from invokeai_ti.tiny import write_models_yaml  # noqa: E402
+from invokeai_ti.front.cli import build_parser, main, parse_config  # noqa: E402
+from invokeai_ti.front.command import command_line, config_to_argv  # noqa: E402
+from invokeai_ti.front.gui import choices, form  # noqa: E402
+from invokeai_ti.front.gui.app import CANCELLED_EXIT_CODE, StartRequest, TrainingForm  # noqa: E402
+from invokeai_ti.invokeai.model_source import default_model_name, list_model_names  # noqa: E402
+from invokeai_ti.invokeai.root import apply_root_defaults  # noqa: E402
+from invokeai_ti.models.tiny import write_models_yaml  # noqa: E402
+from invokeai_ti.models.tokenizers import load_tokenizers  # noqa: E402
 
 SIZE = (80, 24)
 DOCS_SNAPSHOT = Path(__file__).resolve().parent.parent / "docs" / "gui-form.svg"
@@ -284,7 +282,7 @@ def test_initializer_must_be_one_token_of_the_models_tokenizer(root):
 
 
 def test_trigger_the_tokenizer_knows_is_refused(tiny_sd1):
-    tokenizer = choices.load_tokenizers(tiny_sd1)[0]
+    tokenizer = load_tokenizers(tiny_sd1)[0]
     tokenizer.add_tokens(["<known>"])
     config = TrainingConfig(placeholder_token="<known>", initializer_token="*")
     assert (
@@ -299,7 +297,7 @@ def test_sdxl_tokens_are_checked_with_both_tokenizers(tmp_path, tiny_sdxl):
     write_models_yaml(root, {"sdxl": tiny_sdxl})
     info = choices.inspect_model(root, "sdxl")
     assert (info.folder, info.native, info.problem) == (tiny_sdxl, 64, None)
-    tokenizers = choices.load_tokenizers(tiny_sdxl)
+    tokenizers = load_tokenizers(tiny_sdxl)
     assert len(tokenizers) == 2
     tokenizers[1].add_tokens(["<only-in-the-second>"])
     config = TrainingConfig(placeholder_token="<only-in-the-second>")
@@ -350,7 +348,7 @@ def test_fresh_start_over_old_outputs_asks_and_says_what_is_lost(root):
     request = app.return_value
     assert sorted(request.remove) == sorted([old, out / "learned_embeds.bin"])
     assert old.exists()  # nothing is deleted before training actually starts
-    from invokeai_ti.previous_run import remove_outputs
+    from invokeai_ti.files.previous_run import remove_outputs
 
     remove_outputs(request.remove)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
@@ -424,11 +422,11 @@ def test_gui_without_a_terminal_or_textual_is_one_line(cli, root, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "textual" else real(name, *a))  # fmt: skip
     result = cli("--gui", "--root_dir", root)
-    assert result.code == 2 and "pip install 'invokeai-ti[gui]'" in result.err
+    assert result.code == 2 and "pip install textual" in result.err
 
 
 def test_a_root_without_diffusers_models_is_one_line(cli, tmp_path, monkeypatch):
-    monkeypatch.setattr("invokeai_ti.gui.has_terminal", lambda: True)
+    monkeypatch.setattr("invokeai_ti.front.gui.app.has_terminal", lambda: True)
     result = cli("--gui", "--root_dir", tmp_path / "empty-root")
     assert result.code == 2
     assert result.err.startswith("invokeai-ti: error: --gui: no diffusers models in ")
@@ -485,7 +483,7 @@ def test_gui_trains_the_tiny_model_and_installs_the_embedding(root, monkeypatch,
     training on the tiny model, the embedding copied into ROOT/embeddings/<trigger>/."""
     import torch
 
-    from invokeai_ti import training
+    from invokeai_ti.train import loop
 
     async def fill_and_start(pilot) -> None:
         app = pilot.app
@@ -497,12 +495,12 @@ def test_gui_trains_the_tiny_model_and_installs_the_embedding(root, monkeypatch,
         await pilot.press("ctrl+s")
         await settle(pilot, app)
 
-    real_run, real_train, trained = TrainingForm.run, training.train, []
+    real_run, real_train, trained = TrainingForm.run, loop.train, []
     monkeypatch.setattr(TrainingForm, "run", lambda self: real_run(
         self, headless=True, size=SIZE, auto_pilot=fill_and_start))  # fmt: skip
-    monkeypatch.setattr("invokeai_ti.gui.has_terminal", lambda: True)
+    monkeypatch.setattr("invokeai_ti.front.gui.app.has_terminal", lambda: True)
     monkeypatch.setattr(
-        training, "train", lambda config: real_train(trained.append(config) or config)
+        loop, "train", lambda config: real_train(trained.append(config) or config)
     )
     flags = ["--seed", "0", "--repeats", "1", "--report_to", "none", "--log_format", "plain"]
     code = main(["--gui", "--root_dir", str(root), *flags])
@@ -524,7 +522,7 @@ def test_gui_trains_the_tiny_model_and_installs_the_embedding(root, monkeypatch,
     assert torch.equal(installed["<psychedelic>"], learned["<psychedelic>"])
     assert learned["<psychedelic>"].shape == (32,)
     # Trained: the vector moved away from the initializer's ("*") embedding.
-    tokenizer = choices.load_tokenizers(config_model_folder(root))[0]
+    tokenizer = load_tokenizers(config_model_folder(root))[0]
     star = tokenizer.convert_tokens_to_ids("*</w>")
     from transformers import CLIPTextModel
 
@@ -545,7 +543,7 @@ def test_cancel_from_the_command_line_exits_130(root, monkeypatch, capsys):
     real_run = TrainingForm.run
     monkeypatch.setattr(TrainingForm, "run", lambda self: real_run(
         self, headless=True, size=SIZE, auto_pilot=cancel))  # fmt: skip
-    monkeypatch.setattr("invokeai_ti.gui.has_terminal", lambda: True)
+    monkeypatch.setattr("invokeai_ti.front.gui.app.has_terminal", lambda: True)
     assert main(["--gui", "--root_dir", str(root)]) == CANCELLED_EXIT_CODE == 130
     captured = capsys.readouterr()
     assert captured.err.strip() == "invokeai-ti: cancelled; nothing was trained."

@@ -20,7 +20,8 @@ from safetensors.torch import save_file
 
 from invokeai_ti.config import TrainingConfig
 from invokeai_ti.errors import ModelError
-from invokeai_ti.root import find_root, list_model_names, resolve_model
+from invokeai_ti.invokeai.model_source import list_model_names, resolve_model
+from invokeai_ti.invokeai.root import find_root
 
 # The models table as InvokeAI 4+ creates it: every column but id, hash and config is generated
 # from the config JSON, and (name, base, type) is unique.
@@ -166,7 +167,7 @@ def test_other_families_and_types_are_refused_or_left_out(root6):
 
 
 def test_the_gui_offers_the_database_models(root6):
-    from invokeai_ti.choices import inspect_model, model_choices
+    from invokeai_ti.front.gui.choices import inspect_model, model_choices
 
     names, selected = model_choices(root6, TrainingConfig.model)
     assert names == ["tiny sd1", "tiny xl"] and selected == "tiny sd1"
@@ -210,7 +211,7 @@ def test_reading_the_root_and_database_imports_no_torch(tmp_path):
     """root.py and registry.py stay torch-free: --help and --gui's model list stay instant."""
     root = make_root(tmp_path / "root", [model_row("m", "sd-1", str(tmp_path))])
     code = (
-        "import sys\nfrom pathlib import Path\nfrom invokeai_ti.root import list_model_names\n"
+        "import sys\nfrom pathlib import Path\nfrom invokeai_ti.invokeai.model_source import list_model_names\n"
         f"print(list_model_names(Path({str(root)!r})))\n"
         "print([m for m in ('torch', 'diffusers', 'transformers', 'PIL') if m in sys.modules])"
     )

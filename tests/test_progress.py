@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import TINY_FLAGS, run_subprocess
 
-from invokeai_ti import progress
+from invokeai_ti.report import progress
 
 
 def train_flags(root, out, *extra):

@@ -9,9 +9,13 @@ import pytest
 import torch
 from conftest import TINY_FLAGS
 
-from invokeai_ti import evaluation, training, validation
-from invokeai_ti.cli import parse_config
-from invokeai_ti.root import apply_root_defaults
+from invokeai_ti.data import dataset
+from invokeai_ti.front.cli import parse_config
+from invokeai_ti.invokeai.root import apply_root_defaults
+from invokeai_ti.report import quality
+from invokeai_ti.train import evaluation
+from invokeai_ti.train import step as training_step
+from invokeai_ti.train.setup import setup
 
 TOKEN = "<psychedelic>"
 LINE = re.compile(r"^Quality: loss (\d+\.\d{3}) -> (\d+\.\d{3}) \(([+-]\d+) %\) vs initializer")
@@ -39,8 +43,8 @@ def test_learned_embedding_beats_the_initializer_on_held_out_draws(root, cli, tm
     assert float(before) == round(report["loss_initializer"], 3)
     assert float(after) == round(report["loss_learned"], 3)
     assert int(percent) == round(report["change_percent"])
-    assert report["step"] == 12 and report["num_images"] == 4 and report["seed"] == validation.EVAL_SEED
-    assert report["num_draws"] == 4 * validation.DRAWS_PER_IMAGE
+    assert report["step"] == 12 and report["num_images"] == 4 and report["seed"] == quality.EVAL_SEED
+    assert report["num_draws"] == 4 * quality.DRAWS_PER_IMAGE
 
     # Draws from other seeds than the report's and the training generators': still better.
     config = apply_root_defaults(parse_config([str(f) for f in flags])[0])
@@ -82,36 +86,36 @@ def test_report_loss_is_the_training_loss(family, request, root, tmp_path):
     target; SDXL: two encoders, pooled embeds and time ids)."""
     model = request.getfixturevalue(f"tiny_{family}")
     flags = [str(f) for f in train_flags(root, tmp_path / "out", "--model", model)]
-    run = training.setup(apply_root_defaults(parse_config(flags)[0]))
-    samples = [training.dataset.Sample(1, 1, 3), training.dataset.Sample(2, 0, 5)]
+    run = setup(apply_root_defaults(parse_config(flags)[0]))
+    samples = [dataset.Sample(1, 1, 3), dataset.Sample(2, 0, 5)]
     with torch.no_grad():
-        expected = training.train_step(run, samples, torch.Generator().manual_seed(7)).item()
+        expected = training_step.train_step(run, samples, torch.Generator().manual_seed(7)).item()
     g = torch.Generator().manual_seed(7)  # the draws in train_step's order
     shape = run.latent_source.latent_shape
     latent_noise, noise = torch.randn((2, *shape), generator=g), torch.randn((2, *shape), generator=g)
-    draws = validation.Draws(
+    draws = quality.Draws(
         image_index=torch.tensor([1, 2]), flipped=torch.tensor([1, 0]),
         template_index=torch.tensor([3, 5]), latent_noise=latent_noise, noise=noise,
         t=torch.randint(0, 1000, (2,), generator=g),
     )  # fmt: skip
-    got = validation.denoising_loss(run.components, run.latent_source, run.prompt_ids,
+    got = quality.denoising_loss(run.components, run.latent_source, run.prompt_ids,
                                     run.time_ids, draws, 2)  # fmt: skip
     assert got == pytest.approx(expected, rel=1e-5)
     # Stratified timesteps: one per tenth of the schedule for each image.
-    fixed = validation.make_draws(2, 5, shape, 1000, seed=0, per_image=10)
+    fixed = quality.make_draws(2, 5, shape, 1000, seed=0, per_image=10)
     assert (fixed.t[:10] // 100).tolist() == list(range(10))
     assert torch.equal(fixed.image_index, torch.tensor([0] * 10 + [1] * 10))
 
 
 def nan_on_steps(monkeypatch, steps):
     """train_step returns a NaN loss (with NaN gradients) when the step being made is in `steps`."""
-    real = training.train_step
+    real = training_step.train_step
 
     def step(run, samples, generator):
         loss = real(run, samples, generator)
         return loss * float("nan") if run.progress.step + 1 in steps else loss
 
-    monkeypatch.setattr(training, "train_step", step)
+    monkeypatch.setattr(training_step, "train_step", step)
 
 
 def test_non_finite_losses_are_skipped_and_counted(root, cli, tmp_path, monkeypatch, caplog):
@@ -156,7 +160,7 @@ def test_ten_in_a_row_stop_with_the_last_good_embedding(root, cli, tmp_path, mon
 def test_a_diverging_learning_rate_keeps_the_initializer(root, tiny_sd1, cli, tmp_path):
     """A real overflow, nothing injected: lr 1e30 sends the vector to ~1e30 after one update, the
     text encoder's layer norm then overflows, and the only good embedding is the first one."""
-    from invokeai_ti.tiny import load_clip_tokenizer
+    from invokeai_ti.models.tiny import load_clip_tokenizer
 
     out = tmp_path / "out"
     result = cli(*train_flags(root, out, "--max_train_steps", "30", "--learning_rate", "1e30",

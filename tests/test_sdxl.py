@@ -16,7 +16,7 @@ XL_FLAGS = [*TINY_FLAGS, "--max_train_steps", "3", "--num_vectors", "2"]
 @pytest.fixture(scope="module")
 def sdxl_run(tmp_path_factory, tiny_sdxl, concept_images):
     """One CLI training run on the tiny SDXL model, shared by the output checks below."""
-    from invokeai_ti.cli import main
+    from invokeai_ti.front.cli import main
 
     base = tmp_path_factory.mktemp("sdxl-run")
     out, root = base / "out", base / "root"
@@ -120,10 +120,10 @@ def test_sdxl_conditioning_matches_the_pipeline_and_uses_the_vae_scaling_factor(
     (penultimate hidden states of both encoders, pooled projection, add_time_ids)."""
     from diffusers import StableDiffusionXLPipeline
 
-    from invokeai_ti.cli import parse_config
-    from invokeai_ti.embedding import encode_prompts
-    from invokeai_ti.root import apply_root_defaults
-    from invokeai_ti.training import setup
+    from invokeai_ti.front.cli import parse_config
+    from invokeai_ti.invokeai.root import apply_root_defaults
+    from invokeai_ti.models.placeholder import encode_prompts
+    from invokeai_ti.train.setup import setup
 
     config, _ = parse_config(["--model", str(tiny_sdxl), "--placeholder_token", "<xl-disc>",
                               "--train_data_dir", str(concept_images), "--output_dir",
@@ -143,7 +143,7 @@ def test_sdxl_conditioning_matches_the_pipeline_and_uses_the_vae_scaling_factor(
             vae=None, text_encoder=c.text_encoders[0], text_encoder_2=c.text_encoders[1],
             tokenizer=c.tokenizers[0], tokenizer_2=c.tokenizers[1], unet=c.unet,
             scheduler=c.noise_scheduler, add_watermarker=False)  # fmt: skip
-        from invokeai_ti.dataset import OBJECT_TEMPLATES
+        from invokeai_ti.data.dataset import OBJECT_TEMPLATES
 
         prompts = [OBJECT_TEMPLATES[i].format("<xl-disc>") for i in (0, 5)]
         embeds, _, pooled, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False)
@@ -155,7 +155,7 @@ def test_sdxl_conditioning_matches_the_pipeline_and_uses_the_vae_scaling_factor(
 
 
 def test_sdxl_time_ids_follow_the_centre_crop():
-    from invokeai_ti.embedding import sdxl_time_ids
+    from invokeai_ti.models.placeholder import sdxl_time_ids
 
     # A 100 x 200 (h x w) image, centre-cropped to 100 x 100 (left offset 50) then resized to 64:
     # the crop starts 50 * 0.64 = 32 pixels from the left of the resized image.
@@ -167,9 +167,9 @@ def test_sdxl_time_ids_follow_the_centre_crop():
 def test_sdxl_full_pipeline_export_knows_the_token_in_both_encoders(tiny_sdxl, tmp_path):
     from diffusers import StableDiffusionXLPipeline
 
-    from invokeai_ti import export
     from invokeai_ti.config import TrainingConfig
-    from invokeai_ti.root import ModelSource
+    from invokeai_ti.files import export
+    from invokeai_ti.invokeai.model_source import ModelSource
 
     vectors = [torch.randn(2, 32), torch.randn(2, 64)]
     config = TrainingConfig(placeholder_token="<xl-disc>", output_dir=tmp_path / "pipe")

@@ -175,8 +175,8 @@ def sd1_file(tiny_sd1, tmp_path_factory) -> Path:
 
 def _load(model: str, root: Path):
     from invokeai_ti.config import TrainingConfig
-    from invokeai_ti.models import load_components
-    from invokeai_ti.root import resolve_model
+    from invokeai_ti.invokeai.model_source import resolve_model
+    from invokeai_ti.models.loading import load_components
 
     config = TrainingConfig(model=model, root_dir=root, placeholder_token="<t>")
     return load_components(config, resolve_model(config), torch.device("cpu"))
@@ -262,7 +262,7 @@ def test_ckpt_entry_in_models_yaml_trains_from_the_command_line(
 
 def test_yaml_config_sets_v_prediction(sd1_file, tmp_path):
     """2.3's v2-inference-v.yaml says `parameterization: "v"`; the scheduler must follow it."""
-    import invokeai_ti.single_file_configs as bundled
+    import invokeai_ti.models.single_file_configs as bundled
 
     (tmp_path / "v.yaml").write_text('model:\n  params:\n    parameterization: "v"\n')
     _write_yaml(tmp_path, {"m": {"format": "ckpt", "weights": str(sd1_file), "config": "v.yaml"}})
@@ -274,7 +274,7 @@ def test_yaml_config_sets_v_prediction(sd1_file, tmp_path):
 
 def _tiny_layout(family: str) -> dict:
     """The built-in layout entry with the tiny model's numbers, to exercise the built-in path."""
-    from invokeai_ti.tiny import build_pipeline
+    from invokeai_ti.models.tiny import build_pipeline
 
     pipe = build_pipeline({"sd-1": "sd1", "sdxl": "sdxl"}[family])
     encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
@@ -290,7 +290,7 @@ def _tiny_layout(family: str) -> dict:
 def test_built_in_layout_loads_without_any_local_model(sd1_file, tiny_sd1, tmp_path):
     """No models.yaml, no config, no hub cache: the family's built-in layout (here patched to the
     tiny model's numbers) and the CLIP vocabulary from clip-anytorch are enough."""
-    import invokeai_ti.single_file_configs as bundled
+    import invokeai_ti.models.single_file_configs as bundled
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(bundled.BUNDLED, "sd-1", _tiny_layout("sd-1"))
@@ -340,7 +340,7 @@ def test_built_in_layouts_are_the_published_architectures():
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from invokeai_ti.single_file_configs import BUNDLED
+    from invokeai_ti.models.single_file_configs import BUNDLED
 
     def count(module):
         return sum(p.numel() for p in module.parameters())

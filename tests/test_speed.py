@@ -7,26 +7,29 @@ import pytest
 import torch
 from conftest import TINY_FLAGS
 
-from invokeai_ti import training
-from invokeai_ti.cli import parse_config
-from invokeai_ti.root import apply_root_defaults
+from invokeai_ti.data import dataset
+from invokeai_ti.front.cli import parse_config
+from invokeai_ti.invokeai.root import apply_root_defaults
+from invokeai_ti.train.run import Run
+from invokeai_ti.train.setup import setup
+from invokeai_ti.train.step import optimizer_step, train_step
 
 SD15_TOKEN_DIM = 768
 
 
-def _setup(root, *argv: str) -> training.Run:
+def _setup(root, *argv: str) -> Run:
     config, _ = parse_config([*TINY_FLAGS, "--root_dir", str(root), "--placeholder_token",
                               "<psychedelic>", *argv])  # fmt: skip
     config.validate()
-    return training.setup(apply_root_defaults(config))
+    return setup(apply_root_defaults(config))
 
 
-def _losses(run: training.Run) -> list[float]:
+def _losses(run: Run) -> list[float]:
     p, losses = run.progress, []
     while p.step < run.total_steps:
-        samples = training.dataset.epoch_samples(len(run.images.paths), run.config.repeats,
+        samples = dataset.epoch_samples(len(run.images.paths), run.config.repeats,
                                                  run.prompt_ids[0].shape[0], p.seed, p.epoch)  # fmt: skip
-        losses.append(training.optimizer_step(run, samples))
+        losses.append(optimizer_step(run, samples))
     return losses
 
 
@@ -76,11 +79,11 @@ def test_fp16_on_cpu_warns_once_and_trains_in_fp32(root, caplog):
 def test_gradient_checkpointing_gives_the_same_gradient(root):
     plain, checkpointed = _setup(root), _setup(root, "--gradient_checkpointing")
     assert checkpointed.components.unet.is_gradient_checkpointing
-    samples = training.dataset.epoch_samples(4, 2, 27, seed=0, epoch=0)[:2]
+    samples = dataset.epoch_samples(4, 2, 27, seed=0, epoch=0)[:2]
     grads = []
     for run in (plain, checkpointed):
         run.components.unet.train()  # diffusers only checkpoints in training mode
-        loss = training.train_step(run, samples, torch.Generator().manual_seed(3))
+        loss = train_step(run, samples, torch.Generator().manual_seed(3))
         loss.backward()
         grads.append((loss.item(), run.placeholders[0].vectors.grad.clone()))
     assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
@@ -117,7 +120,7 @@ def test_optimizer_state_is_under_1_mib_at_sd15_width(root):
 
 
 def test_bf16_on_a_cpu_without_native_bf16_warns_that_it_is_slower(root, caplog, monkeypatch):
-    from invokeai_ti import models
+    from invokeai_ti.models import loading as models
 
     monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
     _setup(root, "--mixed_precision", "bf16")

@@ -8,9 +8,12 @@ import torch
 from conftest import TINY_FLAGS
 from safetensors.torch import load_file
 
-from invokeai_ti import training
-from invokeai_ti.cli import parse_config
-from invokeai_ti.root import apply_root_defaults
+from invokeai_ti.data import dataset
+from invokeai_ti.front.cli import parse_config
+from invokeai_ti.invokeai.root import apply_root_defaults
+from invokeai_ti.train.optimizer import build_lr_schedule
+from invokeai_ti.train.setup import setup
+from invokeai_ti.train.step import optimizer_step, train_step
 
 
 def _config(*argv: str):
@@ -54,11 +57,11 @@ def test_learned_vector_moves_away_from_the_initializer(cli, root, tiny_sd1):
 
 
 def test_sd2_v_prediction_uses_the_velocity_target(root, tiny_sd2):
-    run = training.setup(_config("--model", str(tiny_sd2), "--root_dir", str(root),
+    run = setup(_config("--model", str(tiny_sd2), "--root_dir", str(root),
                                  "--placeholder_token", "<psychedelic>"))  # fmt: skip
     assert run.components.prediction_type == "v_prediction"
-    samples = training.dataset.epoch_samples(4, 2, 27, seed=0, epoch=0)[:2]
-    loss = training.train_step(run, samples, torch.Generator().manual_seed(5))
+    samples = dataset.epoch_samples(4, 2, 27, seed=0, epoch=0)[:2]
+    loss = train_step(run, samples, torch.Generator().manual_seed(5))
     # The same draws by hand: velocity target, not the noise.
     c, g = run.components, torch.Generator().manual_seed(5)
     shape = run.latent_source.latent_shape
@@ -87,9 +90,9 @@ def test_leaf_vectors_match_the_full_matrix_adamw_recipe(root):
     step. Ours: only a [n, dim] leaf. Same draws, same data: the trained vectors must agree."""
     argv = ("--root_dir", str(root), "--placeholder_token", "<psychedelic>", "--num_vectors", "2",
             "--max_train_steps", "5", "--gradient_accumulation_steps", "2")  # fmt: skip
-    ours = training.setup(_config(*argv))
+    ours = setup(_config(*argv))
     _train(ours)
-    reference = training.setup(_config(*argv))
+    reference = setup(_config(*argv))
     encoder, placeholder = reference.components.text_encoders[0], reference.placeholders[0]
     full = torch.nn.Embedding.from_pretrained(
         torch.cat([placeholder.lookup.base.weight, placeholder.vectors.detach()]), freeze=False
@@ -97,7 +100,7 @@ def test_leaf_vectors_match_the_full_matrix_adamw_recipe(root):
     original = full.weight.detach().clone()
     encoder.set_input_embeddings(full)
     reference.optimizer = type(ours.optimizer)([full.weight], **_hyper(ours.optimizer))
-    reference.schedule = training.optim.build_lr_schedule(reference.config, reference.optimizer,
+    reference.schedule = build_lr_schedule(reference.config, reference.optimizer,
                                                           reference.total_steps)  # fmt: skip
     new_rows = torch.tensor(placeholder.token_ids)
     keep = torch.ones(full.weight.shape[0], dtype=torch.bool)
@@ -119,14 +122,14 @@ def _hyper(optimizer) -> dict:
 def _train(run, after_step=lambda: None) -> None:
     p = run.progress
     while p.step < run.total_steps:
-        samples = training.dataset.epoch_samples(len(run.images.paths), run.config.repeats,
+        samples = dataset.epoch_samples(len(run.images.paths), run.config.repeats,
                                                  run.prompt_ids[0].shape[0], p.seed, p.epoch)  # fmt: skip
-        training.optimizer_step(run, samples)
+        optimizer_step(run, samples)
         after_step()
 
 
 def test_frozen_rows_stay_bit_identical(root, tiny_sd1):
-    run = training.setup(_config("--root_dir", str(root), "--placeholder_token", "<psychedelic>"))
+    run = setup(_config("--root_dir", str(root), "--placeholder_token", "<psychedelic>"))
     _train(run)
     weights = load_file(tiny_sd1 / "text_encoder" / "model.safetensors")
     table = next(v for k, v in weights.items() if "token_embedding" in k)
@@ -189,8 +192,8 @@ def test_no_copy_leaves_the_embeddings_folder_alone(cli, root):
 
 def test_scale_lr_can_be_turned_off(root):
     common = ("--root_dir", str(root), "--placeholder_token", "<psychedelic>", "--dry_run")
-    scaled = training.setup(_config(*common, "--gradient_accumulation_steps", "3"))
-    plain = training.setup(_config(*common, "--no-scale_lr"))
+    scaled = setup(_config(*common, "--gradient_accumulation_steps", "3"))
+    plain = setup(_config(*common, "--no-scale_lr"))
     assert scaled.learning_rate == pytest.approx(5e-3 * 2 * 3)
     assert plain.learning_rate == pytest.approx(5e-3)
 

@@ -12,8 +12,8 @@ import torch
 from conftest import TINY_FLAGS
 from PIL import Image
 
-from invokeai_ti import validation
 from invokeai_ti.config import TrainingConfig
+from invokeai_ti.report import plot, validation
 
 
 def train_flags(root, out, *extra):
@@ -56,9 +56,9 @@ def test_grids_at_validation_steps_from_a_fixed_seed(root, tiny_sd1, cli, tmp_pa
 
 
 def load_tiny(model_dir, config):
-    from invokeai_ti.embedding import add_placeholder
-    from invokeai_ti.models import load_components
-    from invokeai_ti.root import ModelSource
+    from invokeai_ti.invokeai.model_source import ModelSource
+    from invokeai_ti.models.loading import load_components
+    from invokeai_ti.models.placeholder import add_placeholder
 
     source = ModelSource(path=model_dir, kind="diffusers", name="tiny")
     components = load_components(config, source, torch.device("cpu"))
@@ -159,27 +159,27 @@ def test_validation_prompt_without_the_trigger_is_refused(root, cli, tmp_path):
 
 def test_moving_average_skips_non_finite_losses():
     losses = [1.0, 3.0, float("nan"), 5.0, float("inf"), 7.0]
-    average = validation.moving_average(losses, 2)
+    average = plot.moving_average(losses, 2)
     assert average[:2] == [1.0, 2.0]
     assert average[2] == 3.0  # the NaN is left out of the mean
     assert average[3] == 5.0
     assert average[4] == 5.0
     assert average[5] == 7.0
-    assert math.isnan(validation.moving_average([float("nan")], 3)[0])
-    assert validation.smoothing_window(30) == 5
-    assert validation.smoothing_window(500) == 50
-    assert validation.smoothing_window(100_000) == 100
+    assert math.isnan(plot.moving_average([float("nan")], 3)[0])
+    assert plot.smoothing_window(30) == 5
+    assert plot.smoothing_window(500) == 50
+    assert plot.smoothing_window(100_000) == 100
 
 
 def test_loss_plot_is_rewritten_at_each_save(root, cli, tmp_path, monkeypatch):
     plotted = []
-    real = validation.save_loss_plot
+    real = plot.save_loss_plot
 
     def recording(output_dir, losses):
         plotted.append(list(losses))
         return real(output_dir, losses)
 
-    monkeypatch.setattr(validation, "save_loss_plot", recording)
+    monkeypatch.setattr(plot, "save_loss_plot", recording)
     out = tmp_path / "out"
     result = cli(*train_flags(root, out, "--max_train_steps", "6", "--save_steps", "2",
                               "--validation_steps", "0"))  # fmt: skip
@@ -199,13 +199,13 @@ def test_loss_plot_is_rewritten_at_each_save(root, cli, tmp_path, monkeypatch):
 def test_without_matplotlib_one_info_line_and_no_plot(root, cli, tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    validation._matplotlib.cache_clear()
+    plot._matplotlib.cache_clear()
     try:
         with caplog.at_level(logging.INFO, logger="invokeai_ti"):
             result = cli(*train_flags(root, tmp_path / "out", "--save_steps", "1",
                                       "--validation_steps", "0"))  # fmt: skip
     finally:
-        validation._matplotlib.cache_clear()
+        plot._matplotlib.cache_clear()
     assert result.code == 0, result.err
     notes = [r.message for r in caplog.records if "matplotlib is not installed" in r.message]
     assert len(notes) == 1  # said once, although the plot was due at 4 saves and the end
@@ -215,5 +215,5 @@ def test_without_matplotlib_one_info_line_and_no_plot(root, cli, tmp_path, monke
 
 @pytest.fixture(autouse=True)
 def _fresh_plot_cache():
-    validation._matplotlib.cache_clear()
+    plot._matplotlib.cache_clear()
     yield

@@ -14,7 +14,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 
-from invokeai_ti import weights
+from invokeai_ti.models import weights
 
 
 def test_read_tensors_matches_safetensors_for_every_dtype(tmp_path):
@@ -102,7 +102,7 @@ PEAK_SCRIPT = """
 import sys, torch
 from pathlib import Path
 from diffusers import UNet2DConditionModel
-from invokeai_ti import weights
+from invokeai_ti.models import weights
 
 def status(field):
     lines = Path("/proc/self/status").read_text().splitlines()

@@ -5,7 +5,6 @@ fresh start would delete. Reads only JSON and file names, no tensors.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,10 +12,7 @@ from typing import Any
 
 from invokeai_ti.config import TrainingConfig
 from invokeai_ti.errors import UserError
-from invokeai_ti.root import embeddings_dir
-
-# The fingerprint keys the form sets; training refuses a resume where one differs.
-FORM_FINGERPRINT_KEYS = ("model", "placeholder_token", "num_vectors", "resolution")
+from invokeai_ti.invokeai.root import embeddings_dir
 
 
 @dataclass
@@ -37,15 +33,15 @@ class PreviousRun:
 
 
 def find_previous_run(output_dir: Path, root: Path, trigger: str) -> PreviousRun:
-    from invokeai_ti.checkpoint import STATE_FILE, list_checkpoints
+    from invokeai_ti.files.checkpoint import list_checkpoints, read_state
 
     found = PreviousRun(checkpoints=list_checkpoints(output_dir))
     if found.checkpoints:
         try:
-            state = json.loads((found.checkpoints[-1] / STATE_FILE).read_text())
+            state = read_state(found.checkpoints[-1])
             found.fingerprint = dict(state.get("fingerprint") or {})
             found.step = (state.get("progress") or {}).get("step")
-        except (OSError, ValueError, AttributeError):
+        except (UserError, AttributeError):
             pass  # training reports an unreadable checkpoint itself if asked to resume from it
     if output_dir.is_dir():
         found.embeds = sorted(
@@ -59,11 +55,12 @@ def find_previous_run(output_dir: Path, root: Path, trigger: str) -> PreviousRun
 
 def resume_problem(config: TrainingConfig, previous: PreviousRun) -> str | None:
     """What training would refuse later (checkpoint.check_fingerprint's rule), said up front."""
-    from invokeai_ti.checkpoint import check_fingerprint
+    from invokeai_ti.files.checkpoint import FINGERPRINT_FLAGS, check_fingerprint
 
     if not previous.checkpoints:
         return None  # `latest` without a checkpoint starts a new run
-    current = {key: getattr(config, key) for key in FORM_FINGERPRINT_KEYS}
+    # The keys the form sets; token_dims and world_size are not known before the model loads.
+    current = {key: getattr(config, key) for key in FINGERPRINT_FLAGS}
     try:
         check_fingerprint(previous.checkpoints[-1], previous.fingerprint, current)
     except UserError as exc:

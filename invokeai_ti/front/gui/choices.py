@@ -10,11 +10,10 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from invokeai_ti.config import TrainingConfig
 from invokeai_ti.errors import UserError
-from invokeai_ti.root import default_model_name, list_model_names, resolve_model
+from invokeai_ti.invokeai.model_source import default_model_name, list_model_names, resolve_model
 
 FALLBACK_MODEL = "stable-diffusion-1.5"
 RESOLUTIONS = (512, 768)
@@ -104,15 +103,3 @@ def resolution_choices(*preferred: int | None) -> list[int]:
     return sorted({*RESOLUTIONS, *(value for value in preferred if value)})
 
 
-def load_tokenizers(folder: Path, tokenizer_name: str | None = None) -> list[Any]:
-    """The tokenizers training will use (models.py loads the same), without any weights."""
-    from transformers import CLIPTokenizer
-
-    kwargs: dict[str, Any] = {"local_files_only": True}
-    if tokenizer_name:
-        tokenizers = [CLIPTokenizer.from_pretrained(tokenizer_name, **kwargs)]
-    else:
-        tokenizers = [CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", **kwargs)]
-    if (folder / "tokenizer_2").is_dir():
-        tokenizers.append(CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2", **kwargs))
-    return tokenizers

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from invokeai_ti.embedding import encode_prompts
-from invokeai_ti.models import Components
+from invokeai_ti.models.loading import Components
+from invokeai_ti.models.placeholder import encode_prompts
 
 
 def prediction_and_target(c: Components, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,

@@ -135,7 +135,7 @@ def _write_tokenizer(folder: Path, source: Path | None, pad_token: str) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         if source is None:
-            from invokeai_ti.tiny import write_clip_tokenizer_files
+            from invokeai_ti.models.tiny import write_clip_tokenizer_files
 
             try:
                 source = write_clip_tokenizer_files(Path(tmp))

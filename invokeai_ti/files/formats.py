@@ -7,7 +7,6 @@ Nothing is unpickled beyond plain tensors, numbers and strings: torch.load uses 
 
 from __future__ import annotations
 
-import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,13 +14,9 @@ from typing import Any
 
 import torch
 
-from invokeai_ti.checkpoint import STATE_FILE, TENSORS_FILE
 from invokeai_ti.errors import UserError
-
-FAMILY_BY_DIMS = {(768,): "SD1", (1024,): "SD2", (768, 1280): "SDXL"}
-FAMILY_NAMES = {"sd-1": "SD1", "sd-2": "SD2", "sdxl": "SDXL"}  # models.Components.family -> label
-INVOKEAI_BASE_BY_DIM = {768: "sd-1", 1024: "sd-2", 1280: "sdxl"}
-KNOWN_FAMILIES = "768 SD1, 1024 SD2, 768+1280 SDXL"
+from invokeai_ti.files.checkpoint import STATE_FILE, TENSORS_FILE, damaged, read_state
+from invokeai_ti.invokeai import families
 
 
 @dataclass
@@ -45,11 +40,7 @@ class Embedding:
 
     @property
     def family(self) -> str:
-        return family_of_dims(self.dims)
-
-
-def family_of_dims(dims: list[int]) -> str:
-    return FAMILY_BY_DIMS.get(tuple(dims), "no known family")
+        return families.label_of_dims(self.dims)
 
 
 def dims_text(dims: list[int]) -> str:
@@ -190,17 +181,14 @@ def _read_checkpoint_folder(folder: Path, what: str) -> Embedding:
         )
     from safetensors import SafetensorError, safe_open
 
+    state = read_state(folder, what)
     try:
-        state = json.loads((folder / STATE_FILE).read_text())
         with safe_open(str(folder / TENSORS_FILE), framework="pt") as handle:
             names = sorted((k for k in handle.keys() if k.startswith("vectors.")),
                            key=lambda k: int(k.split(".")[1]))  # fmt: skip
             vectors = [_rows(handle.get_tensor(name)) for name in names]
     except (OSError, ValueError, SafetensorError) as exc:
-        raise UserError(
-            f"{what} is a damaged checkpoint folder ({exc}): pick an older checkpoint-<step> "
-            "folder or delete this one."
-        ) from exc
+        raise damaged(folder, exc, what) from exc
     token = state.get("config", {}).get("placeholder_token") or folder.name
     step = _as_int(state.get("progress", {}).get("step"))
     return Embedding(folder, "invokeai-ti checkpoint folder", [token], vectors, step)
@@ -213,11 +201,11 @@ def check_token_dims(what: str, dims: list[int], model_dims: list[int], model_fa
     """Fail before any training time is spent, with the loader's own wording."""
     if list(dims) == list(model_dims):
         return
-    model_label = FAMILY_NAMES.get(model_family, model_family)
+    model_label = families.label_of_base(model_family)
     raise UserError(
         f"{what} was trained on a model with token dimension {dims_text(dims)} "
-        f"({family_of_dims(dims)}), but the current model has token dimension "
-        f"{dims_text(model_dims)} ({model_label}); families: {KNOWN_FAMILIES}. Use an embedding "
+        f"({families.label_of_dims(dims)}), but the current model has token dimension "
+        f"{dims_text(model_dims)} ({model_label}); families: {families.KNOWN_FAMILIES}. Use an embedding "
         f"trained on {model_label}, or pick a matching --model."
     )
 
@@ -257,7 +245,7 @@ def describe_embedding_file(path: Path) -> str:
         f"  vectors:       {embedding.num_vectors}",
         f"  dimension:     {dims}",
         f"  model family:  {embedding.family}"
-        + ("" if tuple(embedding.dims) in FAMILY_BY_DIMS else f" ({KNOWN_FAMILIES})"),
+        + ("" if families.is_known(embedding.dims) else f" ({families.KNOWN_FAMILIES})"),
         f"  InvokeAI:      {_invokeai_view(embedding)}",
         f"  training step: {embedding.step if embedding.step is not None else 'not stored'}",
     ]
@@ -268,7 +256,7 @@ def _invokeai_view(embedding: Embedding) -> str:
     dim = embedding.invokeai_dim
     if dim is None:
         return "not an InvokeAI embedding file layout"
-    base = INVOKEAI_BASE_BY_DIM.get(dim)
+    base = families.BASE_BY_DIM.get(dim)
     expected = embedding.dims[-1]
     if dim != expected:
         return (

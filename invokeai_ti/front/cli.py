@@ -30,6 +30,7 @@ from invokeai_ti.config import (
     TrainingConfig,
 )
 from invokeai_ti.errors import UserError
+from invokeai_ti.invokeai.root import absolute_path
 
 PROG = "invokeai-ti"
 WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # only a write fails so
@@ -59,7 +60,7 @@ def _resume_value(text: str) -> str:
     """2.3 compat: 2.3 parsed this as a Path and compared it with "latest", so latest never worked."""
     if text.strip().lower() == LATEST:
         return LATEST
-    return os.path.abspath(os.path.expanduser(text))
+    return str(absolute_path(text))
 
 
 def _optional_int(text: str) -> int | None:
@@ -236,26 +237,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(config: TrainingConfig, args: argparse.Namespace) -> int:
     if args.inspect is not None:
-        from invokeai_ti.formats import describe_embedding_file
+        from invokeai_ti.files.formats import describe_embedding_file
 
         print(describe_embedding_file(args.inspect))
         return 0
     if config.front_end:
         if importlib.util.find_spec("textual") is None:
-            raise UserError("--gui needs the textual package: pip install 'invokeai-ti[gui]'.")
-        from invokeai_ti.gui import run_gui
+            raise UserError("--gui needs the textual package, missing here: pip install textual.")
+        from invokeai_ti.front.gui.app import CANCELLED_EXIT_CODE, run_gui
 
-        return run_gui(config)
-    from invokeai_ti.root import apply_root_defaults
+        config = run_gui(config)  # then trained exactly as if its flags had been typed
+        if config is None:
+            return CANCELLED_EXIT_CODE
+    from invokeai_ti.invokeai.root import apply_root_defaults
 
     config.validate()
     config = apply_root_defaults(config)
     if config.eval_only:
-        from invokeai_ti.evaluation import evaluate_output
+        from invokeai_ti.train.evaluation import evaluate_output
 
         print(evaluate_output(config))
         return 0
-    from invokeai_ti.training import train
+    from invokeai_ti.train.loop import train
 
     result = train(config)
     for line in result.lines:

@@ -8,15 +8,14 @@ transformers are imported inside the functions that need them.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from invokeai_ti.config import LATEST, TrainingConfig
 from invokeai_ti.errors import UserError
-from invokeai_ti.previous_run import PreviousRun, find_previous_run, resume_problem
-from invokeai_ti.root import DATA_FOLDER, OUTPUT_FOLDER
+from invokeai_ti.files.previous_run import PreviousRun, find_previous_run, resume_problem
+from invokeai_ti.invokeai.root import absolute_path, default_data_dir, default_output_dir
 
 # 2.3 compat: the 2.3 front end offered 5e-4 ("conservative"); the CLI keeps diffusers' 1e-4.
 FORM_LEARNING_RATE = 5e-4
@@ -37,14 +36,6 @@ def trigger_term(text: str) -> str:
     return text
 
 
-def default_data_dir(root: Path, trigger: str) -> Path:
-    return root / DATA_FOLDER / trigger
-
-
-def default_output_dir(root: Path, trigger: str) -> Path:
-    return root / OUTPUT_FOLDER / trigger
-
-
 def show_path(path: Path) -> str:
     """A path as the form shows it: under the home folder as ~/..., to fit 80 columns."""
     home = Path.home()
@@ -55,7 +46,7 @@ def show_path(path: Path) -> str:
 
 
 def read_path(text: str) -> Path:
-    return Path(os.path.abspath(Path(text.strip()).expanduser()))
+    return absolute_path(text.strip())
 
 
 def follow(current: str, last_auto: str, new_auto: str) -> str:
@@ -71,7 +62,7 @@ def count_usable_images(folder: Path) -> int | None:
     None when `folder` is not a folder."""
     from PIL import Image
 
-    from invokeai_ti.dataset import IGNORED_NAMES, IMAGE_SUFFIXES
+    from invokeai_ti.data.dataset import IGNORED_NAMES, IMAGE_SUFFIXES
 
     if not folder.is_dir():
         return None
@@ -305,7 +296,7 @@ def build_config(
 def token_problems(config: TrainingConfig, tokenizers: list[Any]) -> dict[str, str]:
     """The trigger must be new and the initializer one token, for every tokenizer of the model
     (embedding.py's own checks, so the form and training agree)."""
-    from invokeai_ti.embedding import check_placeholder_is_new, initializer_id
+    from invokeai_ti.models.placeholder import check_placeholder_is_new, initializer_id
 
     errors: dict[str, str] = {}
     for tokenizer in tokenizers:

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from invokeai_ti.errors import ModelError
-from invokeai_ti.registry import read_main_models
-from invokeai_ti.root import ModelSource, find_root, read_models_yaml
-from invokeai_ti.single_file_configs import BUNDLED, REFERENCE_REPOS, write_bundled_config
+from invokeai_ti.invokeai.model_source import ModelSource, read_models_yaml
+from invokeai_ti.invokeai.registry import read_main_models
+from invokeai_ti.invokeai.root import find_root
+from invokeai_ti.models.single_file_configs import BUNDLED, REFERENCE_REPOS, write_bundled_config
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import shutil
-import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from invokeai_ti.errors import ResumeError, UserError
+from invokeai_ti.config import TrainingConfig
+from invokeai_ti.errors import ResumeError
+from invokeai_ti.files.atomic import complete_folder
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +29,9 @@ FORMAT_VERSION = 1
 PREFIX = "checkpoint-"
 STATE_FILE = "state.json"
 TENSORS_FILE = "vectors.safetensors"
-TEMP_SUFFIX = ".tmp"
-# Test hook: seconds to sleep between a checkpoint's two files, so a test can kill a save midway.
-PAUSE_ENV = "INVOKEAI_TI_TEST_SAVE_PAUSE"
+# What a checkpoint's vectors belong to: a resume must match every key. The flags among them are
+# named as flags in the refusal; token_dims and world_size come from the model and the launcher.
+FINGERPRINT_FLAGS = ("model", "placeholder_token", "num_vectors", "resolution")
 
 
 @dataclass
@@ -47,113 +45,6 @@ class Progress:
     losses: list[float] = field(default_factory=list)  # one mean loss per optimizer step
     nonfinite_steps: int = 0
     nonfinite_streak: int = 0
-
-
-# --- atomic writes -------------------------------------------------------------------------------
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where Linux allows (os.umask sets it to 0 for a
-    moment, which another thread, e.g. the GUI's, could catch)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` for a temp file beside `path`, fsync it, then rename it over `path`.
-
-    mkstemp creates the temp file 0600; it gets the mode a plain open() would give (0644 under
-    the usual umask 022), so the embedding is readable by e.g. an InvokeAI server's user.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:
-    from safetensors.torch import save_file
-
-    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(contiguous, str(tmp), metadata=metadata))
-
-
-def save_torch(path: Path, obj: Any) -> Path:
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def _complete_folder(final: Path, fill: Callable[[Path], None]) -> Path:
-    """Fill a temp folder, fsync it, rename it to `final`: the folder appears whole or not at all."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=TEMP_SUFFIX, dir=final.parent))
-    try:
-        fill(tmp)
-        mask = _umask()
-        for child in tmp.iterdir():
-            os.chmod(child, 0o666 & ~mask)
-            with open(child, "rb") as handle:
-                os.fsync(handle.fileno())
-        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it 0700
-        _fsync_dir(tmp)
-        old = None
-        if final.exists():  # moved aside, not deleted first: final is missing for one rename only
-            old = final.with_name(f".{final.name}.old{TEMP_SUFFIX}")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
-
-
-def remove_temp_files(folder: Path) -> list[Path]:
-    """Delete what a killed write left behind: `.<name>.<random>.tmp` files and folders, which
-    nothing reads (`latest` and the loaders skip them). Called at the start of a run."""
-    if not folder.is_dir():
-        return []
-    stale = [e for e in folder.iterdir() if e.name.startswith(".") and e.name.endswith(TEMP_SUFFIX)]
-    for entry in stale:
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
-    if stale:
-        log.info("Removed %d unfinished file(s) of an interrupted save in %s.", len(stale), folder)
-    return stale
 
 
 # --- RNG state -----------------------------------------------------------------------------------
@@ -245,10 +136,9 @@ def save_checkpoint(output_dir: Path, state: CheckpointState) -> Path:
 
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
                   str(folder / TENSORS_FILE))  # fmt: skip
-        time.sleep(float(os.environ.get(PAUSE_ENV, "0")))
         (folder / STATE_FILE).write_text(json.dumps(document, indent=1))
 
-    return _complete_folder(output_dir / f"{PREFIX}{state.progress.step}", fill)
+    return complete_folder(output_dir / f"{PREFIX}{state.progress.step}", fill)
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
@@ -283,19 +173,36 @@ def find_resume_folder(output_dir: Path, resume: str | None) -> Path | None:
     return folder
 
 
-def _damaged(folder: Path, exc: Exception) -> ResumeError:
+def damaged(folder: Path, exc: Exception, what: str | None = None) -> ResumeError:
+    """The one message for a checkpoint folder that cannot be read, whoever reads it."""
     return ResumeError(
-        f"--resume_from_checkpoint {folder} is damaged ({exc}): "
-        "pick an older checkpoint folder or delete this one."
+        f"{what or f'--resume_from_checkpoint {folder}'} is a damaged checkpoint folder ({exc}): "
+        "pick an older checkpoint-<step> folder or delete this one."
     )
 
 
-def read_fingerprint(folder: Path) -> dict[str, Any]:
-    """The fingerprint alone (state.json), to refuse a mismatched resume before any heavy work."""
+def read_state(folder: Path, what: str | None = None) -> dict[str, Any]:
+    """A checkpoint's state.json (progress, fingerprint, config, ...) without its tensors: the one
+    reader of that file, for the resume check, --inspect, --eval_only and the GUI. `what` names
+    the folder in the error (default: as --resume_from_checkpoint)."""
     try:
-        return json.loads((folder / STATE_FILE).read_text()).get("fingerprint", {})
+        document = json.loads((folder / STATE_FILE).read_text())
     except (OSError, ValueError) as exc:
-        raise _damaged(folder, exc) from exc
+        raise damaged(folder, exc, what) from exc
+    if not isinstance(document, dict):
+        raise damaged(folder, ValueError(f"{STATE_FILE} is not a JSON object"), what)
+    return document
+
+
+def read_fingerprint(folder: Path) -> dict[str, Any]:
+    """The fingerprint alone, to refuse a mismatched resume before any heavy work."""
+    return dict(read_state(folder).get("fingerprint") or {})
+
+
+def fingerprint(config: TrainingConfig, token_dims: list[int], world_size: int) -> dict[str, Any]:
+    """What the vectors of a run belong to; a resume must match it exactly."""
+    flags = {key: getattr(config, key) for key in FINGERPRINT_FLAGS}
+    return dict(flags, token_dims=token_dims, world_size=world_size)
 
 
 def load_checkpoint(folder: Path) -> CheckpointState:
@@ -303,11 +210,11 @@ def load_checkpoint(folder: Path) -> CheckpointState:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    document = read_state(folder)
     try:
-        document = json.loads((folder / STATE_FILE).read_text())
         tensors = load_file(str(folder / TENSORS_FILE))
     except (OSError, ValueError, SafetensorError) as exc:
-        raise _damaged(folder, exc) from exc
+        raise damaged(folder, exc) from exc
     if document.get("format_version") != FORMAT_VERSION:
         raise ResumeError(
             f"{folder} was written by an incompatible version (format "
@@ -328,9 +235,8 @@ def load_checkpoint(folder: Path) -> CheckpointState:
 
 def check_fingerprint(folder: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuse a resume whose vectors belong to another model, token, count, size or process count."""
-    flags = ("model", "placeholder_token", "num_vectors", "resolution")
     differences = [
-        f"{'--' if key in flags else ''}{key}: checkpoint has {saved.get(key)!r}, "
+        f"{'--' if key in FINGERPRINT_FLAGS else ''}{key}: checkpoint has {saved.get(key)!r}, "
         f"this run has {current[key]!r}"
         for key in current
         if saved.get(key) != current[key]
@@ -353,10 +259,3 @@ def prune_checkpoints(output_dir: Path, keep: int | None) -> list[Path]:
     return old
 
 
-def check_disk_error(exc: OSError, what: Path) -> UserError:
-    """Turn a failed write (disk full, permissions) into a one-line error; nothing older is lost."""
-    return UserError(
-        f"could not write {what}: {exc.strerror or exc}. Free some space or fix permissions; "
-        "the previous checkpoint is intact, resume with --resume_from_checkpoint=latest.",
-        exit_code=1,
-    )

@@ -11,15 +11,15 @@ from typing import Any
 
 import torch
 
-from invokeai_ti import weights
 from invokeai_ti.config import TrainingConfig
 from invokeai_ti.errors import ModelError, UserError
-from invokeai_ti.root import ModelSource
+from invokeai_ti.invokeai.families import BASE_BY_DIM
+from invokeai_ti.invokeai.model_source import ModelSource
+from invokeai_ti.models import weights
+from invokeai_ti.models.tokenizers import load_tokenizers
 
 log = logging.getLogger(__name__)
 
-# Token dimension -> family, as InvokeAI identifies embeddings (SDXL adds a 1280-wide encoder).
-FAMILY_BY_DIM = {768: "sd-1", 1024: "sd-2", 1280: "sdxl"}
 
 
 @dataclass
@@ -136,7 +136,7 @@ def _load_folder(source: ModelSource, config: TrainingConfig, dtype: torch.dtype
 def _load_single_file(source: ModelSource, config: TrainingConfig, dtype: torch.dtype):
     from diffusers import DDPMScheduler
 
-    from invokeai_ti.single_file import load_single_file_pipeline
+    from invokeai_ti.models.single_file import load_single_file_pipeline
 
     pipe = load_single_file_pipeline(source, config.root_dir)
     is_xl = hasattr(pipe, "text_encoder_2")
@@ -152,7 +152,7 @@ def _load_single_file(source: ModelSource, config: TrainingConfig, dtype: torch.
 def load_pipeline(config: TrainingConfig, source: ModelSource) -> Any:
     """The whole diffusers pipeline (for saving a full pipeline with the new tokens), offline."""
     if source.kind == "single_file":
-        from invokeai_ti.single_file import load_single_file_pipeline
+        from invokeai_ti.models.single_file import load_single_file_pipeline
 
         return load_single_file_pipeline(source, config.root_dir)
     from diffusers import DiffusionPipeline
@@ -161,17 +161,14 @@ def load_pipeline(config: TrainingConfig, source: ModelSource) -> Any:
 
 
 def _load_text_side(folder: Path, config: TrainingConfig, dtype: torch.dtype):
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     kwargs = dict(local_files_only=True)
-    tokenizer_source = config.tokenizer_name or folder
-    subfolder = None if config.tokenizer_name else "tokenizer"
-    tokenizers = [CLIPTokenizer.from_pretrained(tokenizer_source, subfolder=subfolder, **kwargs)]
+    tokenizers = load_tokenizers(folder, config.tokenizer_name)
     encoders = [
         CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=dtype, **kwargs)
     ]
     if (folder / "text_encoder_2").is_dir():
-        tokenizers.append(CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2", **kwargs))
         encoders.append(
             CLIPTextModelWithProjection.from_pretrained(
                 folder, subfolder="text_encoder_2", torch_dtype=dtype, **kwargs
@@ -184,7 +181,7 @@ def _family_of(text_encoder: torch.nn.Module) -> str:
     """SD2 uses OpenCLIP (gelu); SD1 uses OpenAI CLIP (quick_gelu). Tiny models keep that trait."""
     config = text_encoder.config
     if config.hidden_size in (768, 1024):
-        return FAMILY_BY_DIM[config.hidden_size]
+        return BASE_BY_DIM[config.hidden_size]
     return "sd-2" if config.hidden_act == "gelu" else "sd-1"
 
 

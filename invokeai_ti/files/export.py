@@ -16,11 +16,12 @@ from pathlib import Path
 
 import torch
 
-from invokeai_ti.checkpoint import atomic_write, save_tensors, save_torch
 from invokeai_ti.config import TrainingConfig
-from invokeai_ti.formats import INVOKEAI_BASE_BY_DIM
-from invokeai_ti.registry import SETTINGS_FILE
-from invokeai_ti.root import ModelSource, embeddings_dir
+from invokeai_ti.files.atomic import save_tensors, save_torch
+from invokeai_ti.invokeai.families import BASE_BY_DIM
+from invokeai_ti.invokeai.model_source import ModelSource
+from invokeai_ti.invokeai.registry import SETTINGS_FILE
+from invokeai_ti.invokeai.root import embeddings_dir
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def install_instruction(path: Path, vectors: list[torch.Tensor], source: ModelSo
     base = source.base if source and source.base else None
     if base is None:
         width = vectors[-1].shape[-1]
-        base = "sdxl" if len(vectors) == 2 else INVOKEAI_BASE_BY_DIM.get(width, "unknown")
+        base = "sdxl" if len(vectors) == 2 else BASE_BY_DIM.get(width, "unknown")
     return (
         f"To use it in InvokeAI 3+: Model Manager -> Add Models -> URL or Local Path -> {path} "
         f"(a textual inversion for {base} models)."
@@ -229,7 +230,7 @@ def save_full_pipeline(
     config: TrainingConfig, source: ModelSource, tokens: list[str], vectors: list[torch.Tensor]
 ) -> Path:
     """A diffusers pipeline folder whose tokenizer(s) and text encoder(s) know the new tokens."""
-    from invokeai_ti.models import load_pipeline
+    from invokeai_ti.models.loading import load_pipeline
 
     assert config.output_dir is not None
     pipe = load_pipeline(config, source)
@@ -249,10 +250,6 @@ def save_full_pipeline(
     # that the embedding files and checkpoints do not already hold.
     pipe.save_pretrained(str(target), safe_serialization=True)
     return target
-
-
-def write_text(path: Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def push_to_hub(config: TrainingConfig) -> str:

@@ -1,9 +1,9 @@
-"""`invokeai-ti --gui`: a keyboard-driven Textual form that fills the CLI's TrainingConfig, then
-runs the same training in the terminal. The form's rules live in form.py; no training logic here.
+"""`invokeai-ti --gui`: a keyboard-driven Textual form that fills the CLI's TrainingConfig; the CLI
+then trains it exactly as typed flags. The form's rules live in form.py; no training logic here.
 
 Flow (as in 2.3): the form checks its values inline and stays open until they are usable; Start
-closes it and returns the config; run_gui prints the equivalent command and trains with the normal
-progress output. Cancelling (Esc, Ctrl-C, the Cancel button) trains nothing and exits with 130,
+closes it and returns the config; run_gui prints the equivalent command and hands the config back
+to the CLI, which trains with the normal progress output. Cancelling (Esc, Ctrl-C, the Cancel button) trains nothing and exits with 130,
 the code of an interrupted command, so `invokeai-ti --gui && next-step` does not go on.
 """
 
@@ -24,12 +24,13 @@ from textual.screen import ModalScreen
 from textual.widget import Widget
 from textual.widgets import Button, Checkbox, Footer, Input, Label, Select, Static
 
-from invokeai_ti import choices, form
-from invokeai_ti.command import command_line
 from invokeai_ti.config import LEARNABLE_PROPERTIES, LR_SCHEDULERS, TrainingConfig
 from invokeai_ti.errors import UserError
-from invokeai_ti.previous_run import find_previous_run, remove_outputs
-from invokeai_ti.root import apply_root_defaults, find_root
+from invokeai_ti.files.previous_run import find_previous_run, remove_outputs
+from invokeai_ti.front.command import command_line
+from invokeai_ti.front.gui import choices, form
+from invokeai_ti.invokeai import root as layout
+from invokeai_ti.models.tokenizers import load_tokenizers
 
 CANCELLED_EXIT_CODE = 130
 NAME_WIDTH = 18
@@ -43,8 +44,8 @@ class StartRequest:
     remove: list[Path]
 
 
-def run_gui(config: TrainingConfig) -> int:
-    """Show the form; train with what it returns. Returns the exit code."""
+def run_gui(config: TrainingConfig) -> TrainingConfig | None:
+    """Show the form; the config to train (the CLI trains it as if typed), None if cancelled."""
     if not has_terminal():
         raise UserError(
             "--gui needs an interactive terminal: run it in one, or give the settings as flags "
@@ -53,28 +54,23 @@ def run_gui(config: TrainingConfig) -> int:
     request = TrainingForm(config).run()
     if request is None:
         print("invokeai-ti: cancelled; nothing was trained.", file=sys.stderr)
-        return CANCELLED_EXIT_CODE
-    return start_training(request)
+        return None
+    return confirm_start(request)
 
 
 def has_terminal() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
 
 
-def start_training(request: StartRequest) -> int:
-    """The confirmed deletions, the equivalent command, then the CLI's own training entry."""
-    from invokeai_ti.training import train
-
+def confirm_start(request: StartRequest) -> TrainingConfig:
+    """The confirmed deletions and the equivalent command, before the CLI trains the config."""
     config = request.config
     if request.remove:
         remove_outputs(request.remove)
         print(f"Deleted {len(request.remove)} earlier output(s) from {config.output_dir}.")
     print("Equivalent command (runs the same training without the form):")
     print(f"  {command_line(config)}", flush=True)
-    result = train(apply_root_defaults(config))
-    for line in result.lines:
-        print(line)
-    return result.exit_code
+    return config
 
 
 class ConfirmFreshStart(ModalScreen[bool]):
@@ -167,7 +163,7 @@ class TrainingForm(App[StartRequest | None]):
     def __init__(self, config: TrainingConfig) -> None:
         super().__init__()
         self.base = config
-        self.root = find_root(config.root_dir)
+        self.root = layout.find_root(config.root_dir)
         self.models, self.initial_model = choices.model_choices(self.root, config.model)
         self.model = choices.inspect_model(self.root, self.initial_model)
         self.precisions = choices.machine_precisions()
@@ -269,8 +265,8 @@ class TrainingForm(App[StartRequest | None]):
 
     def _trigger_changed(self, follow_checkpoints: bool = True) -> None:
         trigger = form.trigger_term(self.query_one("#trigger", Input).value)
-        self._follow("data_dir", form.show_path(form.default_data_dir(self.root, trigger)))
-        self._follow("output_dir", form.show_path(form.default_output_dir(self.root, trigger)))
+        self._follow("data_dir", form.show_path(layout.default_data_dir(self.root, trigger)))
+        self._follow("output_dir", form.show_path(layout.default_output_dir(self.root, trigger)))
         self.query_one("#trigger-hint", Label).update(f"prompt: <{trigger}>" if trigger else "")
         problem = form.trigger_problem(trigger) if trigger else None
         self._show_error("trigger", problem)
@@ -324,7 +320,7 @@ class TrainingForm(App[StartRequest | None]):
         """Loaded once per model, in a thread, from when the model is picked."""
         if name not in self.tokenizers:
             self.tokenizers[name] = self.executor.submit(
-                choices.load_tokenizers, self.model.folder, self.base.tokenizer_name
+                load_tokenizers, self.model.folder, self.base.tokenizer_name
             )
         return self.tokenizers[name]
 

@@ -19,7 +19,6 @@ log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "invokeai.yaml"
 DB_FILE = "invokeai.db"
-TRAINABLE_BASES = ("sd-1", "sd-2", "sdxl")  # InvokeAI's names for the families we train
 DB_FORMATS = {"diffusers": "diffusers", "checkpoint": "single_file"}  # InvokeAI format -> our kind
 # A writer's commit holds the database for milliseconds; wait that long rather than fail.
 BUSY_TIMEOUT_S = 5.0

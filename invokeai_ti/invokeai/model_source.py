@@ -1,27 +1,18 @@
-"""The InvokeAI root: where it is, its folder layout, and which model a `--model` value names.
-
-No torch here. Model names resolve to a `ModelSource` that models.py loads.
-"""
+"""Which model a `--model` value names: a models.yaml name (2.3 and 3.x), a record of InvokeAI 4+'s
+database (NAME or NAME:BASE), a diffusers folder, a single checkpoint file, or a hub id already in a
+local cache. Resolves to a ModelSource that models/loading.py loads. No torch here."""
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from invokeai_ti import registry
 from invokeai_ti.config import TrainingConfig
-from invokeai_ti.errors import ModelError, UserError
-
-log = logging.getLogger(__name__)
-
-DATA_FOLDER = "text-inversion-training-data"
-OUTPUT_FOLDER = "text-inversion-output"
-EMBEDDINGS_FOLDER = "embeddings"
-ROOT_MARKERS = ("invokeai.init", "invokeai.yaml")  # 2.3 and 3+
+from invokeai_ti.errors import ModelError
+from invokeai_ti.invokeai import registry
+from invokeai_ti.invokeai.families import TRAINABLE_BASES
+from invokeai_ti.invokeai.root import absolute_path, find_root
 
 
 @dataclass(frozen=True)
@@ -34,53 +25,6 @@ class ModelSource:
     base: str | None = None  # family the registry claims (sd-1, sd-2, sdxl), checked after loading
     config: Path | None = None  # single file: models.yaml `config` (diffusers folder or LDM .yaml)
     prediction_type: str | None = None  # single file: what InvokeAI 4+'s record says, if anything
-
-
-def find_root(root_dir: Path | None) -> Path:
-    """2.3's order: --root_dir, INVOKEAI_ROOT, $VIRTUAL_ENV/.. when it is a root, ~/invokeai."""
-    if root_dir is not None:
-        return _absolute(root_dir)
-    if os.environ.get("INVOKEAI_ROOT"):
-        return _absolute(Path(os.environ["INVOKEAI_ROOT"]))
-    venv = os.environ.get("VIRTUAL_ENV")
-    if venv:
-        parent = Path(venv).expanduser().resolve().parent
-        if any((parent / marker).exists() for marker in ROOT_MARKERS):
-            return parent
-    return Path.home() / "invokeai"
-
-
-def apply_root_defaults(config: TrainingConfig) -> TrainingConfig:
-    """Fill the root, data and output folders; every relative path is relative to the current dir.
-
-    2.3 compat: 2.3 joined a relative --train_data_dir to the root a second time; we do not.
-    """
-    root = find_root(config.root_dir)
-    trigger = config.trigger
-    data_dir = config.train_data_dir or root / DATA_FOLDER / trigger
-    output_dir = config.output_dir or root / OUTPUT_FOLDER / trigger
-    optional = {
-        name: _absolute(getattr(config, name))
-        for name in ("init_embedding", "comfyui_embeddings_dir")
-        if getattr(config, name) is not None
-    }
-    return dataclasses.replace(
-        config,
-        root_dir=root,
-        train_data_dir=_absolute(data_dir),
-        output_dir=_absolute(output_dir),
-        **optional,
-    )
-
-
-def embeddings_dir(root: Path, trigger: str) -> Path:
-    """ROOT/embeddings/<trigger>/, where InvokeAI finds the trained embedding."""
-    return root / EMBEDDINGS_FOLDER / trigger
-
-
-def logging_path(config: TrainingConfig) -> Path:
-    assert config.output_dir is not None  # set by apply_root_defaults
-    return config.output_dir / config.logging_dir
 
 
 def read_models_yaml(root: Path) -> dict[str, dict]:
@@ -117,7 +61,7 @@ def list_model_names(root: Path) -> list[str]:
     ]
     records = registry.read_main_models(root)
     for record in records:
-        if record.format != "diffusers" or record.base not in registry.TRAINABLE_BASES:
+        if record.format != "diffusers" or record.base not in TRAINABLE_BASES:
             continue
         shared = sum(other.name == record.name for other in records) > 1
         name = record.label if shared or record.name in names else record.name
@@ -143,7 +87,7 @@ def resolve_model(config: TrainingConfig) -> ModelSource:
     records = registry.find_registered(root, name)
     if records:
         return _source_from_record(root, name, records)
-    path = _absolute(Path(name))
+    path = absolute_path(Path(name))
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ModelError(
@@ -185,10 +129,10 @@ def _source_from_record(
             "Pass --model NAME:BASE or the model's path."
         )
     record = records[0]
-    if record.base not in registry.TRAINABLE_BASES:
+    if record.base not in TRAINABLE_BASES:
         raise ModelError(
             f"--model '{name}' is a {record.base} model; this trainer trains "
-            f"{', '.join(registry.TRAINABLE_BASES)} models only: pick one of those."
+            f"{', '.join(TRAINABLE_BASES)} models only: pick one of those."
         )
     kind = registry.DB_FORMATS.get(record.format)
     if kind is None:
@@ -274,31 +218,3 @@ def _hub_snapshot(repo_id: str, revision: str | None, root: Path) -> Path:
 def _looks_like_repo_id(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
-
-
-def _absolute(path: Path) -> Path:
-    return Path(os.path.abspath(Path(path).expanduser()))
-
-
-def check_writable(folder: Path, flag: str) -> None:
-    """Fail before training, not after hours, when outputs cannot be written.
-
-    Tries a real write in the nearest existing folder (removed at once, so --dry_run leaves nothing):
-    os.access alone says yes to root on a read-only disk, and a path under a regular file passes it.
-    """
-    probe_dir = folder
-    while not probe_dir.exists():
-        probe_dir = probe_dir.parent
-    if not probe_dir.is_dir():
-        raise UserError(
-            f"{flag} {folder} cannot be created: {probe_dir} is a file, not a folder. "
-            "Choose another folder."
-        )
-    try:
-        with tempfile.TemporaryFile(dir=probe_dir):
-            pass
-    except OSError as exc:
-        raise UserError(
-            f"{flag} {folder} is not writable ({exc.strerror or exc} in {probe_dir}): "
-            "choose another folder or fix its permissions."
-        ) from exc

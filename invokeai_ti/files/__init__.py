@@ -1,0 +1,3 @@
+"""Everything the trainer writes or reads back: crash-safe writes (atomic), resumable checkpoints
+(checkpoint), embeddings in every tool's layout and the full pipeline (export), reading and
+identifying any embedding file (formats), and what an earlier run left in a folder (previous_run)."""

@@ -1,0 +1,117 @@
+"""The quality report: the denoising loss of the learned embedding vs the initializer's on fixed,
+held-out draws, with the objective training minimises."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from invokeai_ti.data import latents
+from invokeai_ti.files.atomic import atomic_write_text
+from invokeai_ti.models.denoising import prediction_and_target
+from invokeai_ti.models.loading import Components
+from invokeai_ti.models.placeholder import Placeholder
+
+REPORT = "report.json"
+# The report's draws come from this seed; training seeds its generators from (seed, step, micro),
+# so the report never sees a (noise, timestep) pair the vectors were trained on.
+EVAL_SEED = 8_675_309
+DRAWS_PER_IMAGE = 16
+
+
+@dataclass
+class Draws:
+    """A fixed set of (image, flip, template, latent sample, noise, timestep) for the report."""
+
+    image_index: torch.Tensor  # [N]
+    flipped: torch.Tensor  # [N]
+    template_index: torch.Tensor  # [N]
+    latent_noise: torch.Tensor  # [N, C, h, w]: draws the latent from the cached distribution
+    noise: torch.Tensor  # [N, C, h, w]
+    t: torch.Tensor  # [N]
+
+
+def make_draws(num_images: int, num_templates: int, latent_shape: tuple[int, ...],
+               num_timesteps: int, seed: int, per_image: int = DRAWS_PER_IMAGE) -> Draws:  # fmt: skip
+    """`per_image` draws per image, timesteps stratified over the schedule (one per equal slice,
+    which halves the spread of the estimate compared with uniform timesteps)."""
+    g = torch.Generator().manual_seed(seed)
+    n = num_images * per_image
+    slot = torch.arange(per_image).repeat(num_images)  # which slice of the schedule
+    t = ((slot + torch.rand(n, generator=g)) * num_timesteps / per_image).long()
+    return Draws(
+        image_index=torch.arange(num_images).repeat_interleave(per_image),
+        flipped=torch.randint(0, 2, (n,), generator=g),
+        template_index=torch.randint(0, num_templates, (n,), generator=g),
+        latent_noise=torch.randn((n, *latent_shape), generator=g),
+        noise=torch.randn((n, *latent_shape), generator=g),
+        t=t.clamp(max=num_timesteps - 1),
+    )
+
+
+@torch.no_grad()
+def denoising_loss(components: Components, latent_source: latents.LatentSource,
+                   prompt_ids: list[torch.Tensor], time_ids: torch.Tensor | None, draws: Draws,
+                   batch_size: int) -> float:  # fmt: skip
+    """Mean of the training objective (train_step's MSE) over `draws`; a test keeps the two equal."""
+    c, device = components, components.device
+    total = 0.0
+    for start in range(0, len(draws.t), batch_size):
+        part = slice(start, start + batch_size)
+        t = draws.t[part].to(device)
+        x0 = latent_source.draw(draws.image_index[part], draws.flipped[part], draws.latent_noise[part])
+        noise = draws.noise[part].to(device)
+        templates = draws.template_index[part].to(device)
+        image_time_ids = time_ids[draws.image_index[part]] if time_ids is not None else None
+        pred, target = prediction_and_target(c, x0, noise, t, prompt_ids, templates, image_time_ids)
+        total += (pred - target).pow(2).mean(dim=(1, 2, 3)).sum().item()
+    return total / len(draws.t)
+
+
+@dataclass
+class QualityReport:
+    step: int
+    loss_initializer: float
+    loss_learned: float
+    num_images: int
+    num_draws: int
+    seed: int
+
+    @property
+    def change_percent(self) -> float:
+        return 100 * (self.loss_learned - self.loss_initializer) / self.loss_initializer
+
+    def line(self) -> str:
+        return (f"Quality: loss {self.loss_initializer:.3f} -> {self.loss_learned:.3f} "
+                f"({self.change_percent:+.0f} %) vs initializer, on {self.num_draws} held-out "
+                f"draws over {self.num_images} training images.")  # fmt: skip
+
+
+def quality_report(components: Components, placeholders: list[Placeholder],
+                   latent_source: latents.LatentSource, prompt_ids: list[torch.Tensor],
+                   time_ids: torch.Tensor | None, initial: list[torch.Tensor], step: int,
+                   batch_size: int, seed: int = EVAL_SEED) -> QualityReport:  # fmt: skip
+    """The denoising loss on the same draws with the initializer's vectors and with the current
+    (learned) ones; the placeholders hold the learned vectors again afterwards."""
+    cached = latent_source.mean if latent_source.mean is not None else latent_source.pixels
+    num_images = cached.shape[0]
+    draws = make_draws(num_images, prompt_ids[0].shape[0], latent_source.latent_shape,
+                       components.noise_scheduler.config.num_train_timesteps, seed)  # fmt: skip
+    learned = [ph.detached() for ph in placeholders]
+    losses = {}
+    for name, vectors in (("initializer", initial), ("learned", learned)):
+        with torch.no_grad():
+            for placeholder, v in zip(placeholders, vectors):
+                placeholder.vectors.copy_(v)
+        losses[name] = denoising_loss(components, latent_source, prompt_ids, time_ids, draws,
+                                      batch_size)  # fmt: skip
+    return QualityReport(step, losses["initializer"], losses["learned"], num_images,
+                         len(draws.t), seed)  # fmt: skip
+
+
+def save_report(output_dir: Path, report: QualityReport) -> Path:
+    document = dict(asdict(report), change_percent=round(report.change_percent, 2))
+    return atomic_write_text(output_dir / REPORT, json.dumps(document, indent=1) + "\n")

@@ -1,0 +1,124 @@
+"""train(): set up, loop until the total or a stop request, then the final files. The loop calls
+one function per periodic job (log, save, validate, checkpoint)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from invokeai_ti.config import TrainingConfig
+from invokeai_ti.data import dataset
+from invokeai_ti.errors import TrainingStopped
+from invokeai_ti.invokeai.root import logging_path
+from invokeai_ti.report import plot, progress, validation
+from invokeai_ti.report.progress import ProgressReporter, RunResult, format_plan
+from invokeai_ti.train import saving
+from invokeai_ti.train.run import Run
+from invokeai_ti.train.setup import setup
+from invokeai_ti.train.step import optimizer_step
+from invokeai_ti.train.stopping import StopRequest
+
+MAX_NONFINITE_IN_A_ROW = 10
+
+
+def train(config: TrainingConfig) -> RunResult:
+    """Set up, loop until the total or a stop request, then write the final files."""
+    progress.check_report_to(config.report_to)  # flag problems fail before any model is loaded
+    validation.check_validation_prompt(config)
+    with StopRequest() as stop:  # Ctrl-C during setup stops at once; in the loop it saves first
+        run = setup(config)
+        if config.dry_run:
+            return RunResult(0, format_plan(run))
+        p = run.progress
+        reporter = ProgressReporter(config.log_format, run.total_steps, p.step,
+                                    config.log_every_steps, enabled=run.is_main,
+                                    tracker_dir=logging_path(config), report_to=config.report_to,
+                                    tracker_config=config.to_dict())  # fmt: skip
+        if p.step >= run.total_steps:
+            reporter.message(f"Already trained {p.step} of {run.total_steps} steps; writing the "
+                             "outputs.")  # fmt: skip
+        elif p.step == 0 and run.is_main and validation.validation_every(config):
+            saving.validate(run, reporter)  # step 0: what the initializer alone gives, to compare
+        stop.arm()
+        if not loop(run, reporter, stop):
+            return saving.stop_and_save(run, reporter, stop)
+        stop.disarm()
+        files, observed = saving.finish(run, reporter)
+    if run.world_size > 1:
+        torch.distributed.barrier()  # every process ends after the files exist
+        torch.distributed.destroy_process_group()
+    lines = progress.describe_outputs(p, files, observed)
+    reporter.finish({**progress.output_paths(files, observed), "nonfinite_steps": p.nonfinite_steps,
+                     "summary": lines})  # fmt: skip
+    # A script reading --log_format json gets the lines in the final object; stdout stays JSON.
+    return RunResult(0, [] if reporter.format == "json" else lines)
+
+
+def loop(run: Run, reporter: ProgressReporter, stop: StopRequest) -> bool:
+    """Optimizer steps up to the total; False when a stop request ended it early."""
+    p, config = run.progress, run.config
+    last_good = [ph.detached() for ph in run.placeholders]
+    samples, samples_epoch = [], -1
+    while p.step < run.total_steps:
+        if samples_epoch != p.epoch:
+            samples_epoch = p.epoch
+            samples = dataset.epoch_samples(len(run.images.paths), config.repeats,
+                                            run.prompt_ids[0].shape[0], p.seed, p.epoch)  # fmt: skip
+        before = [ph.detached() for ph in run.placeholders]
+        p.losses.append(optimizer_step(run, samples))
+        if math.isfinite(p.losses[-1]):
+            last_good = before  # the newest vectors whose loss was finite
+        report_step(run, reporter)
+        periodic_jobs(run, reporter)
+        if p.nonfinite_streak >= MAX_NONFINITE_IN_A_ROW:
+            raise_nonfinite(run, last_good, reporter)
+        if stop.requested:
+            return False
+    return True
+
+
+def report_step(run: Run, reporter: ProgressReporter) -> None:
+    """Progress and tracker numbers for the step just done; a skipped update is said at once."""
+    p = run.progress
+    if p.nonfinite_streak:
+        reporter.warning(f"step {p.step}: the loss or its gradient is not finite ({p.losses[-1]}); "
+                         f"update skipped ({p.nonfinite_steps} so far).")  # fmt: skip
+    norm = run.placeholders[0].vectors.detach().float().norm(dim=-1).mean().item()
+    reporter.step(reporter.stats(p.step, p.losses[-1], run.schedule.get_last_lr()[0], norm,
+                                 p.nonfinite_steps))  # fmt: skip
+
+
+def periodic_jobs(run: Run, reporter: ProgressReporter) -> None:
+    """Intermediate embedding and loss plot every --save_steps, validation grid every
+    --validation_steps, checkpoint every --checkpointing_steps."""
+    step, cfg = run.progress.step, run.config
+    if not run.is_main or step == run.total_steps:
+        return  # the final step is saved by finish()
+    if step % cfg.save_steps == 0:
+        saving.save_step_embeds(run)
+        plot.save_loss_plot(cfg.output_dir, run.progress.losses)
+    every = validation.validation_every(cfg)
+    if every and step % every == 0:
+        saving.validate(run, reporter)
+    if step % cfg.checkpointing_steps == 0:
+        reporter.message(f"Saved checkpoint {saving.save_state(run)}")
+
+
+def raise_nonfinite(run: Run, last_good: list[torch.Tensor], reporter: ProgressReporter) -> None:
+    """Stop with the newest vectors whose loss was finite saved as the run's embedding."""
+    p = run.progress
+    with torch.no_grad():
+        for placeholder, vectors in zip(run.placeholders, last_good):
+            placeholder.vectors.copy_(vectors)
+    files = saving.save_outputs(run)
+    if files is not None:
+        plot.save_loss_plot(run.config.output_dir, p.losses)
+    where = f" The last good embedding is in {files.main}." if files else ""
+    reporter.finish({"stopped_at": p.step, "nonfinite_steps": p.nonfinite_steps,
+                     "embedding": str(files.main) if files else None}, event="stopped")  # fmt: skip
+    raise TrainingStopped(
+        f"the loss was not finite for {MAX_NONFINITE_IN_A_ROW} steps in a row (step {p.step}, "
+        f"{p.nonfinite_steps} skipped in all).{where} Try --mixed_precision bf16, or no (fp32), "
+        "or a lower --learning_rate."
+    )

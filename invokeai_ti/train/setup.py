@@ -1,0 +1,134 @@
+"""setup(): build a Run in one fixed order; each stage says what it needs from the ones before.
+`--dry_run` runs the same setup() and stops before the loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+from pathlib import Path
+
+import torch
+
+from invokeai_ti.config import TrainingConfig
+from invokeai_ti.data import dataset, latents
+from invokeai_ti.files import atomic, formats
+from invokeai_ti.files import checkpoint as ckpt
+from invokeai_ti.invokeai.model_source import resolve_model
+from invokeai_ti.invokeai.root import check_writable, embeddings_dir
+from invokeai_ti.models.loading import Components, load_components
+from invokeai_ti.models.placeholder import Placeholder, add_placeholder, prompt_text, sdxl_time_ids
+from invokeai_ti.train import optimizer, saving
+from invokeai_ti.train.run import Run
+
+log = logging.getLogger(__name__)
+
+
+def setup(config: TrainingConfig) -> Run:
+    # 1. Processes first: the device decides the weight dtype, the process count the lr and shards.
+    state, config = start_processes(config)
+    check_writable(config.output_dir, "--output_dir")
+    if state.is_main_process and not config.dry_run:  # what a killed save left: never read
+        atomic.remove_temp_files(config.output_dir)
+        atomic.remove_temp_files(embeddings_dir(config.root_dir, config.trigger))
+    # 2. Frozen model, in the dtype the precision and device allow.
+    source = resolve_model(config)
+    log.info("Loading %s (Ctrl-C stops at once until training starts).", source.path)
+    components = load_components(config, source, state.device)
+    # 3. New tokens need the tokenizers and encoders; --init_embedding and the resume check need
+    #    their dims, and fail here, before any time goes into images or latents.
+    placeholders = add_placeholders(config, components)
+    resume_folder = check_resume(config, components, state.num_processes)
+    # 4. Every image decoded now, so a bad file fails before any GPU time is spent.
+    images = dataset.load_training_images(
+        config.train_data_dir, config.resolution, config.center_crop, config.dataloader_num_workers
+    )
+    # 5. Latents need the VAE and the images; the VAE is freed once they are cached.
+    latent_source = None
+    if not config.dry_run:
+        latent_source = latents.build_latent_source(components.vae, images.pixels,
+                                                    config.cache_latents)  # fmt: skip
+        if config.cache_latents:
+            components.vae = None
+    # 6. Prompts are tokenized once; they need the tokenizers that know the new tokens.
+    prompt_ids = tokenize_prompts(config, components)
+    # 7. Step counts need the image count and the process count; epochs bound the steps too.
+    micro = dataset.micro_batches_per_epoch(len(images.paths), config.repeats,
+                                            config.train_batch_size, state.num_processes)  # fmt: skip
+    steps_per_epoch = -(-micro // config.gradient_accumulation_steps)
+    total = min(config.max_train_steps, config.num_train_epochs * steps_per_epoch)
+    # 8. Optimizer over the new vectors only; the schedule waits for the resume's start step.
+    lr = optimizer.scaled_learning_rate(config, state.num_processes)
+    adamw = optimizer.build_optimizer(config, [p.vectors for p in placeholders], lr)
+    scaler = torch.amp.GradScaler(state.device.type,
+                                  enabled=components.weight_dtype == torch.float16)  # fmt: skip
+    seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
+    run = Run(config, components, placeholders, images, latent_source, prompt_ids, adamw, None,
+              scaler, ckpt.Progress(seed=seed), total, micro, state.process_index,
+              state.num_processes, lr)  # fmt: skip
+    run.initial_vectors = [ph.detached() for ph in placeholders]  # before resume overwrites them
+    # 9. Resume last: it loads into the optimizer and may move the schedule's start.
+    if resume_folder is not None:
+        saving.resume(run, resume_folder)
+    run.schedule = optimizer.build_lr_schedule(config, adamw, total, run.progress.step)
+    if components.family == "sdxl":  # SDXL conditions on each image's original size and crop
+        run.time_ids = sdxl_time_ids(images.sizes, config.resolution, config.center_crop).to(
+            state.device
+        )
+    return run
+
+
+def start_processes(config: TrainingConfig):
+    """accelerate's process state, and the config with what this machine cannot do turned off."""
+    from accelerate import PartialState
+
+    # Without a GPU, `accelerate launch --multi_gpu` starts CPU processes: they need cpu=True to
+    # join one gloo group instead of each training alone.
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    state = PartialState(cpu=several and not torch.cuda.is_available())
+    if not state.is_main_process:
+        logging.getLogger("invokeai_ti").setLevel(logging.ERROR)  # one copy of every message
+    elif state.num_processes > 1:
+        log.info("Training on %d processes (%s, %s).", state.num_processes, state.device,
+                 state.backend)  # fmt: skip
+    if config.mixed_precision == "fp16" and state.device.type == "cpu":
+        log.warning("--mixed_precision fp16 needs a GPU; training in fp32 on the CPU.")
+        config = dataclasses.replace(config, mixed_precision="no")
+    if config.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    return state, config
+
+
+def add_placeholders(config: TrainingConfig, components: Components) -> list[Placeholder]:
+    """The new tokens in every tokenizer/encoder pair, initialised from the initializer or
+    --init_embedding."""
+    dims, family = components.token_dims, components.family
+    initial = formats.initial_vectors(config.init_embedding, config.num_vectors, dims, family)
+    return [
+        add_placeholder(config, tok, enc, init)
+        for tok, enc, init in zip(components.tokenizers, components.text_encoders, initial)
+    ]
+
+
+def check_resume(config: TrainingConfig, components: Components, world_size: int) -> Path | None:
+    """The checkpoint to resume from, refused now if it belongs to another model or token."""
+    folder = ckpt.find_resume_folder(config.output_dir, config.resume_from_checkpoint)
+    if folder is not None:
+        what = f"--resume_from_checkpoint {folder}"
+        dims, family = components.token_dims, components.family
+        formats.check_token_dims(what, formats.read_embedding(folder, what).dims, dims, family)
+        ckpt.check_fingerprint(folder, ckpt.read_fingerprint(folder),
+                               ckpt.fingerprint(config, dims, world_size))  # fmt: skip
+    return folder
+
+
+def tokenize_prompts(config: TrainingConfig, components: Components) -> list[torch.Tensor]:
+    """Every template with the trigger, tokenized once per tokenizer: [num_templates, length]."""
+    text = prompt_text(config)
+    templates = [t.format(text) for t in dataset.templates_for(config.learnable_property)]
+    return [
+        tok(templates, padding="max_length", truncation=True, max_length=tok.model_max_length,
+            return_tensors="pt").input_ids.to(components.device)
+        for tok in components.tokenizers
+    ]  # fmt: skip

@@ -1,0 +1,76 @@
+"""One training step: train_step() computes a micro-batch's loss; optimizer_step() accumulates
+micro-batches, averages over processes and updates the vectors."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from invokeai_ti.data import dataset
+from invokeai_ti.models.denoising import prediction_and_target
+from invokeai_ti.train.run import Run
+
+
+def train_step(run: Run, samples: list[dataset.Sample], generator: torch.Generator) -> torch.Tensor:
+    """One micro-batch: latents, noise, timesteps, prompts with the current vectors, UNet, loss."""
+    c, device = run.components, run.components.device
+    b, offset = run.config.train_batch_size, run.rank * run.config.train_batch_size
+    global_b = b * run.world_size  # draws are made for the global batch, then sliced, so the
+    mine = slice(offset, offset + len(samples))  # result does not depend on the process count
+    shape = run.latent_source.latent_shape
+    latent_draw = torch.randn((global_b, *shape), generator=generator)[mine]
+    noise = torch.randn((global_b, *shape), generator=generator)[mine].to(device)
+    t = torch.randint(0, c.noise_scheduler.config.num_train_timesteps, (global_b,),
+                      generator=generator)[mine].to(device)  # fmt: skip
+    image_index = torch.tensor([s.image_index for s in samples])
+    flipped = torch.tensor([s.flipped for s in samples])
+    templates = torch.tensor([s.template_index for s in samples], device=device)
+    x0 = run.latent_source.draw(image_index, flipped, latent_draw)  # [B, 4, h, w] scaled
+    time_ids = run.time_ids[image_index] if run.time_ids is not None else None
+    pred, target = prediction_and_target(c, x0, noise, t, run.prompt_ids, templates, time_ids)
+    return F.mse_loss(pred, target)
+
+
+def optimizer_step(run: Run, samples_of_epoch: list[dataset.Sample]) -> float:
+    """Accumulate up to --gradient_accumulation_steps micro-batches (never across an epoch end),
+    average gradients over processes, and update the vectors unless the loss is not finite."""
+    p, cfg = run.progress, run.config
+    count = min(cfg.gradient_accumulation_steps, run.micro_per_epoch - p.position)
+    total_loss = torch.zeros((), device=run.components.device)
+    for micro in range(count):
+        samples = dataset.micro_batch(samples_of_epoch, p.position, cfg.train_batch_size,
+                                      run.rank, run.world_size)  # fmt: skip
+        generator = torch.Generator().manual_seed(((p.seed * 1_000_003 + p.step) * 1009 + micro) % 2**63)
+        if samples:
+            loss = train_step(run, samples, generator)
+            run.scaler.scale(loss / count).backward()
+            total_loss += loss.detach() / count
+        p.position += 1
+    params = [ph.vectors for ph in run.placeholders]
+    if run.world_size > 1:
+        for param in params:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            torch.distributed.all_reduce(param.grad)
+            param.grad /= run.world_size
+        torch.distributed.all_reduce(total_loss)
+        total_loss /= run.world_size
+    loss = total_loss.item()
+    # The fp16 scaler skips non-finite gradients itself; without it they would poison the vectors.
+    grads_finite = run.scaler.is_enabled() or all(
+        q.grad is None or bool(torch.isfinite(q.grad).all()) for q in params)  # fmt: skip
+    if math.isfinite(loss) and grads_finite:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        p.nonfinite_streak = 0
+    else:
+        p.nonfinite_steps += 1
+        p.nonfinite_streak += 1
+    run.optimizer.zero_grad(set_to_none=True)
+    run.schedule.step()
+    p.step += 1
+    if p.position >= run.micro_per_epoch:
+        p.epoch, p.position = p.epoch + 1, 0
+    return loss
