@@ -76,16 +76,41 @@ def test_fp16_on_cpu_warns_once_and_trains_in_fp32(root, caplog):
     assert len(warnings) == 1
 
 
-def test_gradient_checkpointing_gives_the_same_gradient(root):
+def count_forward_calls(monkeypatch, module: torch.nn.Module, counts: list[int], index: int):
+    """Count `module`'s forward passes at the class level (transformers runs a recomputed layer
+    outside the module hooks, so a hook would miss the recompute)."""
+    cls, real = type(module), type(module).forward
+
+    def counted(self, *args, **kwargs):
+        counts[index] += self is module
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "forward", counted)
+
+
+def test_gradient_checkpointing_gives_the_same_gradient(root, monkeypatch):
+    """--gradient_checkpointing recomputes the UNet's and the text encoder's layers in the
+    backward pass (a layer on the path to the vectors runs twice per step, once without it) and
+    changes no number."""
     plain, checkpointed = _setup(root), _setup(root, "--gradient_checkpointing")
     assert checkpointed.components.unet.is_gradient_checkpointing
     samples = dataset.epoch_samples(4, 2, 27, seed=0, epoch=0)[:2]
-    grads = []
+    grads, calls = [], []
     for run in (plain, checkpointed):
-        run.components.unet.train()  # diffusers only checkpoints in training mode
-        loss = train_step(run, samples, torch.Generator().manual_seed(3))
-        loss.backward()
+        c = run.components
+        # Inside the first checkpointed layers whose input depends on the vectors.
+        encoder_mlp = next(module for name, module in c.text_encoders[0].named_modules()
+                           if name.endswith("encoder.layers.0.mlp"))  # transformers 4 and 5 names
+        cross_attention = c.unet.down_blocks[0].attentions[0].transformer_blocks[0]
+        counts = [0, 0]
+        with monkeypatch.context() as patch:
+            count_forward_calls(patch, encoder_mlp, counts, 0)
+            count_forward_calls(patch, cross_attention, counts, 1)
+            loss = train_step(run, samples, torch.Generator().manual_seed(3))
+            loss.backward()
+        calls.append(counts)
         grads.append((loss.item(), run.placeholders[0].vectors.grad.clone()))
+    assert calls == [[1, 1], [2, 2]]  # [text encoder's first MLP, UNet's first attention block]
     assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
     assert torch.allclose(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-8)
 

@@ -103,8 +103,26 @@ def load_components(config: TrainingConfig, source: ModelSource, device: torch.d
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         for encoder in encoders:
-            encoder.gradient_checkpointing_enable()
+            # Non-reentrant: the gradient reaches the vectors whatever requires grad at a layer's
+            # input.
+            encoder.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        for module in (unet, *encoders):
+            train_mode_without_dropout(module)
     return components
+
+
+def train_mode_without_dropout(module: torch.nn.Module) -> None:
+    """transformers recomputes a layer in the backward pass only in training mode (older diffusers
+    releases did so too). The only thing training mode changes in these frozen models is dropout, so
+    it is set to 0 first: every SD model ships 0, and a frozen model must not add noise."""
+    for child in module.modules():
+        if isinstance(getattr(child, "dropout", None), float):
+            child.dropout = 0.0
+        if isinstance(child, torch.nn.Dropout):
+            child.p = 0.0
+    module.train()
 
 
 def _load_folder(source: ModelSource, config: TrainingConfig, dtype: torch.dtype):
