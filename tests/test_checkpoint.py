@@ -175,6 +175,41 @@ def test_resume_guards(cli, root, tmp_path, tiny_sd1, caplog):
     assert said == [f"No checkpoint in {tmp_path / 'empty'} yet: starting a new run."]
 
 
+def test_a_resume_applies_changed_flags_and_keeps_the_moments(cli, root, tmp_path, caplog):
+    """Issue 21: a new learning rate, Adam setting, batch size or repeat count applies from the
+    resumed step on (the dry-run plan and a log line say so); the AdamW moments are kept, and a
+    data position the new batch size has passed ends the epoch instead of making an empty step."""
+    out = tmp_path / "out"
+    # 4 images x 2 repeats at batch 1: 8 micro-batches per epoch; the checkpoint is at the 3rd.
+    first = ("--learning_rate", "1e-4", "--train_batch_size", "1", "--repeats", "2",
+             "--max_train_steps", "3", "--checkpointing_steps", "3")  # fmt: skip
+    assert cli(*flags(root, out, *first)).code == 0
+    saved_state, saved_tensors = final_state(out)
+    assert saved_state["progress"]["position"] == 3
+    changed = ("--learning_rate", "1e-2", "--train_batch_size", "8", "--adam_beta2", "0.99",
+               "--max_train_steps", "5", "--resume_from_checkpoint", "latest")  # fmt: skip
+    plan = cli(*flags(root, out, *first, *changed, "--dry_run"))
+    assert plan.code == 0, plan.err
+    assert "Learning rate: 0.08 (0.01 x batch 8" in plan.out  # what the run below uses
+    assert ("changed: --learning_rate 0.0001 -> 0.01; --adam_beta2 0.999 -> 0.99; "
+            "--train_batch_size 1 -> 8") in plan.out  # fmt: skip
+    caplog.set_level(logging.INFO, logger="invokeai_ti")
+    run = setup(_config(*flags(root, out, *first, *changed)))
+    group = run.optimizer.param_groups[0]
+    assert (group["lr"], group["betas"]) == (pytest.approx(0.08), (0.9, 0.99))
+    moments = run.optimizer.state[run.placeholders[0].vectors]
+    assert torch.equal(moments["exp_avg"], saved_tensors["optimizer.0.exp_avg"])
+    # 3 samples seen; a batch of 8 has nothing left in that epoch: the next one starts.
+    assert (run.progress.epoch, run.progress.position) == (1, 0)
+    said = [r.getMessage() for r in caplog.records if "Changed since" in r.getMessage()]
+    assert len(said) == 1 and "learning rate now 0.08" in said[0]
+    resumed = cli(*flags(root, out, *first, *changed))
+    assert resumed.code == 0, resumed.err
+    state, _ = final_state(out)
+    assert state["progress"]["step"] == 5 and 0.0 not in state["progress"]["losses"]
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.08)
+
+
 def test_total_limit_and_leftovers_of_a_killed_save(cli, root, tmp_path, monkeypatch):
     out = tmp_path / "out"
     # What a SIGKILL during a save leaves: temp files/folders and never a half checkpoint-N.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -57,3 +58,30 @@ def test_two_processes_train_one_embedding_like_one_process_with_twice_the_batch
                   "--resume_from_checkpoint", "latest", "--max_train_steps", "6")  # fmt: skip
     assert resumed.code != 0
     assert "world_size: checkpoint has 2, this run has 1" in resumed.err.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_unequal_shards_log_the_per_sample_mean_loss(cli, root, tmp_path):
+    """Issue 21: 3 images, 2 processes at batch 4: rank 0 gets 3 samples, rank 1 none. The logged
+    losses and the vectors equal one process at batch 8 (the loss was half of it before: the
+    empty process added 0 and the sum was divided by 2)."""
+    from conftest import make_concept_images
+
+    images = make_concept_images(tmp_path / "three", count=3)
+    common = ["--root_dir", str(root), "--placeholder_token", "<psychedelic>", *TINY_FLAGS,
+              "--no-copy", "--repeats", "1", "--max_train_steps", "3", "--validation_steps", "0",
+              "--train_data_dir", str(images)]  # fmt: skip
+    two = _launch(2, *common, "--train_batch_size", "4", "--output_dir", str(tmp_path / "two"))
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = cli(*common, "--train_batch_size", "8", "--output_dir", tmp_path / "one")
+    assert one.code == 0, one.err
+
+    def losses_and_vectors(out):
+        state = json.loads(sorted(out.glob("checkpoint-*"))[-1].joinpath("state.json").read_text())
+        vectors = torch.load(out / "learned_embeds.bin", weights_only=True)["<psychedelic>"]
+        return state["progress"]["losses"], vectors
+
+    losses_two, vectors_two = losses_and_vectors(tmp_path / "two")
+    losses_one, vectors_one = losses_and_vectors(tmp_path / "one")
+    assert losses_two == pytest.approx(losses_one, rel=1e-5)
+    assert torch.allclose(vectors_two, vectors_one, atol=1e-6)

@@ -233,6 +233,8 @@ def format_plan(run: Any) -> list[str]:
     shown = ", ".join(used[:8]) + (f" and {len(used) - 8} more" if len(used) > 8 else "")
     skipped = "; ".join(f"{p.name} ({why})" for p, why in run.images.skipped) or "none"
     resume = f"resume from {run.resumed_from} at step {run.progress.step}" if run.resumed_from else "new run"
+    if run.resume_changes:
+        resume += f", changed: {'; '.join(run.resume_changes)}"
     steps_per_epoch = -(-run.micro_per_epoch // cfg.gradient_accumulation_steps)
     epochs = -(-run.total_steps // steps_per_epoch)
     lr_rule = (f"{cfg.learning_rate:g} x batch {cfg.train_batch_size} x accumulation "

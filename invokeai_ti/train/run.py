@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ class Run:
     time_ids: torch.Tensor | None = None  # SDXL: [num_images, 6] size and crop conditioning
     initial_vectors: list[torch.Tensor] | None = None  # the initializer's, for the quality report
     saved_step: int = -1  # the step whose checkpoint is on disk already (not written twice)
+    resume_changes: list[str] = field(default_factory=list)  # flags changed since the checkpoint
 
     @property
     def is_main(self) -> bool:

@@ -21,24 +21,60 @@ from invokeai_ti.train.stopping import StopRequest
 log = logging.getLogger(__name__)
 
 
+# Flags a resume may change: the new values apply from the resumed step on (the optimizer keeps
+# its moments; its hyper-parameters, the lr schedule and the data position follow the flags).
+RESUMABLE_CHANGES = ("learning_rate", "scale_lr", "adam_beta1", "adam_beta2", "adam_epsilon",
+                     "adam_weight_decay", "lr_scheduler", "lr_warmup_steps", "lr_num_cycles",
+                     "train_batch_size", "gradient_accumulation_steps", "repeats",
+                     "num_train_epochs")  # fmt: skip
+
+
 def resume(run: Run, folder: Path) -> None:
-    """Vectors, optimizer, scaler and progress from `folder` (RNGs: load_checkpoint restores them)."""
+    """Vectors, optimizer moments, scaler and progress from `folder` (RNGs: load_checkpoint
+    restores them); the hyper-parameters and the data position follow this run's flags."""
     saved = ckpt.load_checkpoint(folder)  # its fingerprint was checked in setup() stage 3
     with torch.no_grad():
         for placeholder, vectors in zip(run.placeholders, saved.vectors):
             placeholder.vectors.copy_(vectors)
+    # load_state_dict brings back the saved lr, betas, eps and decay; the flags' values win.
+    wanted = [{k: v for k, v in g.items() if k != "params"} for g in run.optimizer.param_groups]
     run.optimizer.load_state_dict(saved.optimizer)
+    for group, hyper in zip(run.optimizer.param_groups, wanted):
+        group.pop("initial_lr", None)  # the schedule is rebuilt from the new lr
+        group.update(hyper)
     if "scaler" in saved.extra:
         run.scaler.load_state_dict(saved.extra["scaler"])
+    old = TrainingConfig.from_json(saved.config_json)
     run.progress = saved.progress
+    move_data_position(run, old.train_batch_size, old.repeats)
     run.resumed_from = folder
     if folder == run.config.output_dir / f"{ckpt.PREFIX}{run.progress.step}":
         run.saved_step = run.progress.step
-    old_total = TrainingConfig.from_json(saved.config_json).max_train_steps
-    if run.config.max_train_steps > old_total:
+    run.resume_changes = [
+        f"--{name} {getattr(old, name)} -> {getattr(run.config, name)}"
+        for name in RESUMABLE_CHANGES
+        if getattr(old, name) != getattr(run.config, name)
+    ]
+    if run.config.max_train_steps > old.max_train_steps:
         log.info("Extending the run from %d to %d steps; the lr schedule is recomputed for the "
-                 "new total.", old_total, run.total_steps)  # fmt: skip
+                 "new total.", old.max_train_steps, run.total_steps)  # fmt: skip
     log.info("Resuming from %s at step %d.", folder, run.progress.step)
+    if run.resume_changes:
+        log.info("Changed since the checkpoint, applied from step %d: %s (learning rate now %g; "
+                 "the optimizer's moments are kept).", run.progress.step,
+                 "; ".join(run.resume_changes), run.learning_rate)  # fmt: skip
+
+
+def move_data_position(run: Run, old_batch_size: int, old_repeats: int) -> None:
+    """Keep the samples already seen in the current epoch when the batch size or the repeats
+    changed: the position counts micro-batches, so it is converted through the sample count, and
+    an epoch the new settings have already exhausted ends (never a step without samples)."""
+    p, cfg = run.progress, run.config
+    if (old_batch_size, old_repeats) != (cfg.train_batch_size, cfg.repeats):
+        seen = p.position * old_batch_size * run.world_size  # micro-batches before the last are full
+        p.position = -(-seen // (cfg.train_batch_size * run.world_size))
+    if p.position >= run.micro_per_epoch:  # also when images were removed from the folder
+        p.epoch, p.position = p.epoch + 1, 0
 
 
 def save_state(run: Run) -> Path | None:

@@ -35,18 +35,24 @@ def train_step(run: Run, samples: list[dataset.Sample], generator: torch.Generat
 
 def optimizer_step(run: Run, samples_of_epoch: list[dataset.Sample]) -> float:
     """Accumulate up to --gradient_accumulation_steps micro-batches (never across an epoch end),
-    average gradients over processes, and update the vectors unless the loss is not finite."""
+    sum gradients over processes, and update the vectors unless the loss is not finite.
+
+    Each micro-batch's mean loss is weighted by its share of the step's samples over all
+    processes, so the loss and gradient are the mean over samples whatever the process count and
+    however unequal the shards (a process with no samples adds nothing)."""
     p, cfg = run.progress, run.config
     count = min(cfg.gradient_accumulation_steps, run.micro_per_epoch - p.position)
+    global_batch = cfg.train_batch_size * run.world_size
+    step_samples = min(count * global_batch, len(samples_of_epoch) - p.position * global_batch)
     total_loss = torch.zeros((), device=run.components.device)
     for micro in range(count):
         samples = dataset.micro_batch(samples_of_epoch, p.position, cfg.train_batch_size,
                                       run.rank, run.world_size)  # fmt: skip
         generator = torch.Generator().manual_seed(((p.seed * 1_000_003 + p.step) * 1009 + micro) % 2**63)
         if samples:
-            loss = train_step(run, samples, generator)
-            run.scaler.scale(loss / count).backward()
-            total_loss += loss.detach() / count
+            loss = train_step(run, samples, generator) * (len(samples) / step_samples)
+            run.scaler.scale(loss).backward()
+            total_loss += loss.detach()
         p.position += 1
     params = [ph.vectors for ph in run.placeholders]
     if run.world_size > 1:
@@ -54,9 +60,7 @@ def optimizer_step(run: Run, samples_of_epoch: list[dataset.Sample]) -> float:
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
             torch.distributed.all_reduce(param.grad)
-            param.grad /= run.world_size
         torch.distributed.all_reduce(total_loss)
-        total_loss /= run.world_size
     loss = total_loss.item()
     # The fp16 scaler skips non-finite gradients itself; without it they would poison the vectors.
     grads_finite = run.scaler.is_enabled() or all(
