@@ -1,9 +1,9 @@
-"""Resumable state and crash-safe writes.
+"""Resumable state: save, find, check and load checkpoint folders.
 
 A checkpoint folder `checkpoint-<step>/` holds the trainable vectors and optimizer moments
 (safetensors) and everything else as JSON: progress, RNG states, lr schedule position, the config and
-a fingerprint of what the vectors belong to. Never the frozen model. Every file is written under a
-temporary name, fsynced and renamed, so a folder is complete or absent.
+a fingerprint of what the vectors belong to. Never the frozen model. The folder is filled under a
+temporary name and renamed whole (files/atomic.py), so it is complete or absent.
 """
 
 from __future__ import annotations
