@@ -98,6 +98,9 @@ class TrainingConfig:
     validation_prompt: str | None = None
     num_validation_images: int = 4
     validation_steps: int | None = None  # None: same as save_steps; 0: off
+    # Grids and the quality report may spend this fraction of the training time; None: no limit.
+    evaluation_budget: float | None = 0.1
+    quality_report: bool = True
 
     # --- Hub ---
     push_to_hub: bool = False
@@ -166,6 +169,12 @@ class TrainingConfig:
         ):
             if value < 0:
                 raise UserError(f"{flag} must not be negative, got {value}.")
+        budget = self.evaluation_budget
+        if budget is not None and not 0 <= budget < float("inf"):
+            raise UserError(
+                f"--evaluation_budget must be a fraction of the training time (0 or more, e.g. "
+                f"0.1) or 'none' for no limit, got {budget}."
+            )
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise UserError("--checkpoints_total_limit must be at least 1 (or left out for no limit).")
 

@@ -33,7 +33,7 @@ def _launch(num_processes: int, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_two_processes_train_one_embedding_like_one_process_with_twice_the_batch(cli, root, tmp_path):
     common = ["--root_dir", str(root), "--placeholder_token", "<psychedelic>", *TINY_FLAGS,
-              "--no-copy", "--checkpointing_steps", "2"]  # fmt: skip
+              "--no-copy", "--checkpointing_steps", "2", "--evaluation_budget", "none"]  # fmt: skip
     two = _launch(2, *common, "--train_batch_size", "1", "--output_dir", str(tmp_path / "two"))
     assert two.returncode == 0, two.stderr[-3000:]
     # Both ranks joined one group (init_process_group waits for world_size members).

@@ -23,7 +23,8 @@ LINE = re.compile(r"^Quality: loss (\d+\.\d{3}) -> (\d+\.\d{3}) \(([+-]\d+) %\) 
 
 def train_flags(root, out, *extra):
     return [*TINY_FLAGS, "--root_dir", root, "--placeholder_token", TOKEN,
-            "--output_dir", out, "--no-copy", "--validation_steps", "0", *extra]  # fmt: skip
+            "--output_dir", out, "--no-copy", "--validation_steps", "0",
+            "--evaluation_budget", "none", *extra]  # fmt: skip
 
 
 def vector(path) -> torch.Tensor:

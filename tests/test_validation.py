@@ -18,7 +18,7 @@ from invokeai_ti.report import plot, validation
 
 def train_flags(root, out, *extra):
     return [*TINY_FLAGS, "--root_dir", root, "--placeholder_token", "<psychedelic>",
-            "--output_dir", out, "--no-copy", *extra]  # fmt: skip
+            "--output_dir", out, "--no-copy", "--evaluation_budget", "none", *extra]  # fmt: skip
 
 
 def pixels(path) -> np.ndarray:

@@ -67,6 +67,10 @@ def _optional_int(text: str) -> int | None:
     return None if text.lower() in ("none", "") else int(text)
 
 
+def _budget(text: str) -> float | None:
+    return None if text.strip().lower() == "none" else float(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = TrainingConfig()
     on_off = argparse.BooleanOptionalAction
@@ -183,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images per validation grid")
     g.add_argument("--validation_steps", type=int,
                    help="validate every N steps (default: --save_steps; 0: off)")
+    g.add_argument("--evaluation_budget", type=_budget, default=d.evaluation_budget,
+                   help="fraction of the training time the grids and the quality report may "
+                        "take; what does not fit is skipped and said ('none': no limit)")
+    g.add_argument("--quality_report", action=on_off, default=d.quality_report,
+                   help="write report.json (initializer vs learned loss) at the end")
 
     g = p.add_argument_group("Hub")
     g.add_argument("--push_to_hub", action=on_off, default=d.push_to_hub,
@@ -200,11 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_config(argv: Sequence[str] | None = None) -> tuple[TrainingConfig, argparse.Namespace]:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # None means "not given", except where the flag's own default is a value ("none": no limit).
     values = {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(TrainingConfig)
-        if hasattr(args, f.name) and getattr(args, f.name) is not None
+        if hasattr(args, f.name)
+        and (getattr(args, f.name) is not None or parser.get_default(f.name) is not None)
     }
     return TrainingConfig(**values), args
 

@@ -12,6 +12,8 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 from invokeai_ti.errors import UserError
 
 log = logging.getLogger(__name__)
+TASK_EVERY_S = 10  # a plain/JSON progress line of a grid or the report at most this often
 
 
 @dataclass
@@ -118,6 +121,45 @@ class ProgressReporter:
             import wandb
 
             self.wandb.log({tag: wandb.Image(image)}, step=step)
+
+    @contextmanager
+    def task(self, label: str, total: int) -> Iterator[Callable[[int], None]]:
+        """Progress of a job beside training (a grid, the report): a second bar on a terminal,
+        otherwise a line (JSON: an object) every TASK_EVERY_S seconds and, after those, at the end.
+        Yields advance(n)."""
+        done, last, lines = 0, time.perf_counter(), 0
+        if not self.enabled:
+            yield lambda n: None
+            return
+        bar = None
+        if self.bar is not None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, desc=label, leave=False, position=1, dynamic_ncols=True)
+
+        def advance(n: int) -> None:
+            nonlocal done, last, lines
+            done += n
+            if bar is not None:
+                bar.update(n)
+            elif time.perf_counter() - last >= TASK_EVERY_S:  # a short job prints nothing
+                last, lines = time.perf_counter(), lines + 1
+                self._task_line(label, done, total)
+
+        try:
+            yield advance
+        finally:
+            if bar is not None:
+                bar.close()
+            elif lines:
+                self._task_line(label, done, total)
+
+    def _task_line(self, label: str, done: int, total: int) -> None:
+        if self.format == "json":
+            print(json.dumps({"event": "task", "task": label, "done": done, "total": total}),
+                  flush=True)  # fmt: skip
+        else:
+            print(f"{label}: {done}/{total}", flush=True)
 
     def message(self, text: str) -> None:
         """A line for the user that must not break the bar."""
@@ -268,6 +310,10 @@ def describe_outputs(progress: Any, files: Any, observed: Any) -> list[str]:
     if observed.loss_plot or observed.validation_grid:
         shown = [str(x) for x in (observed.loss_plot, observed.validation_grid) if x]
         lines.append(f"See what it learned: {', '.join(shown)}")
+    if observed.evaluation:
+        lines.append(f"Grids and report: {observed.evaluation}.")
+    if observed.skipped:
+        lines.append(observed.skipped)
     if files.invokeai_copy and not files.invokeai_install:
         lines.append(f"Copied for InvokeAI to {files.invokeai_copy}")
     if files.pipeline_dir:

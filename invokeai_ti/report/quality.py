@@ -4,6 +4,8 @@ held-out draws, with the objective training minimises."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -55,8 +57,9 @@ def make_draws(num_images: int, num_templates: int, latent_shape: tuple[int, ...
 @torch.no_grad()
 def denoising_loss(components: Components, latent_source: latents.LatentSource,
                    prompt_ids: list[torch.Tensor], time_ids: torch.Tensor | None, draws: Draws,
-                   batch_size: int) -> float:  # fmt: skip
-    """Mean of the training objective (train_step's MSE) over `draws`; a test keeps the two equal."""
+                   batch_size: int, advance: Callable[[int], None] | None = None) -> float:  # fmt: skip
+    """Mean of the training objective (train_step's MSE) over `draws`; a test keeps the two equal.
+    `advance(n)` is told of each batch of n draws as it finishes."""
     c, device = components, components.device
     total = 0.0
     for start in range(0, len(draws.t), batch_size):
@@ -68,6 +71,8 @@ def denoising_loss(components: Components, latent_source: latents.LatentSource,
         image_time_ids = time_ids[draws.image_index[part]] if time_ids is not None else None
         pred, target = prediction_and_target(c, x0, noise, t, prompt_ids, templates, image_time_ids)
         total += (pred - target).pow(2).mean(dim=(1, 2, 3)).sum().item()
+        if advance is not None:
+            advance(len(t))
     return total / len(draws.t)
 
 
@@ -93,23 +98,44 @@ class QualityReport:
 def quality_report(components: Components, placeholders: list[Placeholder],
                    latent_source: latents.LatentSource, prompt_ids: list[torch.Tensor],
                    time_ids: torch.Tensor | None, initial: list[torch.Tensor], step: int,
-                   batch_size: int, seed: int = EVAL_SEED) -> QualityReport:  # fmt: skip
+                   batch_size: int, seed: int = EVAL_SEED, per_image: int = DRAWS_PER_IMAGE,
+                   advance: Callable[[int], None] | None = None) -> QualityReport:  # fmt: skip
     """The denoising loss on the same draws with the initializer's vectors and with the current
     (learned) ones; the placeholders hold the learned vectors again afterwards."""
-    cached = latent_source.mean if latent_source.mean is not None else latent_source.pixels
-    num_images = cached.shape[0]
+    num_images = image_count(latent_source)
     draws = make_draws(num_images, prompt_ids[0].shape[0], latent_source.latent_shape,
-                       components.noise_scheduler.config.num_train_timesteps, seed)  # fmt: skip
-    learned = [ph.detached() for ph in placeholders]
+                       components.noise_scheduler.config.num_train_timesteps, seed, per_image)  # fmt: skip
     losses = {}
-    for name, vectors in (("initializer", initial), ("learned", learned)):
+    for name, vectors in (("initializer", initial), ("learned", None)):
+        with holding(placeholders, vectors):
+            losses[name] = denoising_loss(components, latent_source, prompt_ids, time_ids, draws,
+                                          batch_size, advance)  # fmt: skip
+    return QualityReport(step, losses["initializer"], losses["learned"], num_images,
+                         len(draws.t), seed)  # fmt: skip
+
+
+def image_count(latent_source: latents.LatentSource) -> int:
+    cached = latent_source.mean if latent_source.mean is not None else latent_source.pixels
+    return cached.shape[0]
+
+
+@contextmanager
+def holding(placeholders: list[Placeholder], vectors: list[torch.Tensor] | None) -> Iterator[None]:
+    """The placeholders hold `vectors` (None: their own) inside the block and exactly their own
+    values again after it, so the optimizer's parameters come back bit for bit."""
+    if vectors is None:
+        yield
+        return
+    own = [ph.detached() for ph in placeholders]
+    try:
         with torch.no_grad():
             for placeholder, v in zip(placeholders, vectors):
                 placeholder.vectors.copy_(v)
-        losses[name] = denoising_loss(components, latent_source, prompt_ids, time_ids, draws,
-                                      batch_size)  # fmt: skip
-    return QualityReport(step, losses["initializer"], losses["learned"], num_images,
-                         len(draws.t), seed)  # fmt: skip
+        yield
+    finally:
+        with torch.no_grad():
+            for placeholder, v in zip(placeholders, own):
+                placeholder.vectors.copy_(v)
 
 
 def save_report(output_dir: Path, report: QualityReport) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +36,8 @@ class Observed:
     validation_grid: Path | None = None
     report: Path | None = None
     quality: str | None = None  # the report's one line
+    evaluation: str | None = None  # what the grids and the report cost, against the budget
+    skipped: str | None = None  # what the budget had no room for
 
 
 def validation_every(config: TrainingConfig) -> int:
@@ -67,46 +69,73 @@ def check_validation_prompt(config: TrainingConfig) -> None:
         )
 
 
-def save_validation_grid(
-    components: Components, config: TrainingConfig, step: int, seed: int, reporter: Any
-) -> Path | None:
-    """Images from the current vectors, always from the same seed so grids compare across steps;
-    written as validation/step-<N>.png and sent to the trackers. The global RNGs are untouched."""
-    with preserved_rng():
-        images = generate_images(components, config, seed)
-    grid = make_grid(images)
+def grid_forwards(config: TrainingConfig) -> int:
+    """A grid's cost in UNet forward passes (two per step for guidance; about two more per image
+    for the VAE decode), for the evaluation budget."""
+    return config.num_validation_images * (2 * NUM_INFERENCE_STEPS + 2)
+
+
+def remove_stale_grids(config: TrainingConfig) -> None:
+    """A new run: an earlier run's grids in its folder would mix with this one's."""
     folder = config.output_dir / VALIDATION_DIR
-    if step == 0:  # a new run: an earlier run's grids in this folder would mix with this one's
-        stale = list(folder.glob("step-*.png"))
-        for old in stale:
-            old.unlink()
-        if stale:
-            log.info("Removed %d validation grids of an earlier run from %s.", len(stale), folder)
-    path = folder / f"step-{step}.png"
+    stale = list(folder.glob("step-*.png"))
+    for old in stale:
+        old.unlink()
+    if stale:
+        log.info("Removed %d validation grids of an earlier run from %s.", len(stale), folder)
+
+
+def grid_path(config: TrainingConfig, step: int) -> Path:
+    return config.output_dir / VALIDATION_DIR / f"step-{step}.png"
+
+
+def save_validation_grid(
+    components: Components, config: TrainingConfig, step: int, seed: int, reporter: Any,
+    advance: Callable[[int], None] | None = None,
+) -> Path | None:  # fmt: skip
+    """Images from the current vectors, always from the same seed so grids compare across steps;
+    written as validation/step-<N>.png and sent to the trackers. The global RNGs are untouched.
+    `advance(n)` is told of each denoising step and decode as they finish."""
+    with preserved_rng():
+        images = generate_images(components, config, seed, advance)
+    grid = make_grid(images)
+    path = grid_path(config, step)
     atomic_write(path, lambda tmp: grid.save(tmp, format="PNG"))
     reporter.image("validation", grid, step)
     return path
 
 
 @torch.no_grad()
-def generate_images(components: Components, config: TrainingConfig, seed: int) -> list:
+def generate_images(components: Components, config: TrainingConfig, seed: int,
+                    advance: Callable[[int], None] | None = None) -> list:  # fmt: skip
     """--num_validation_images images of the validation prompt: the frozen UNet and the text
     encoder(s) whose lookup already reads the trainable vectors; a VAE reloaded if it was freed."""
     vae = components.vae or load_vae(components, config)
     pipe = build_pipeline(components, vae)
     pipe.set_progress_bar_config(disable=True)
     count = config.num_validation_images
+    tell = advance or (lambda n: None)
+
+    def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
+        tell(2 * count)  # the guided pair of each image
+        return tensors
+
     # One CPU generator per image: the same pictures whatever the device or the batch split.
     generators = [torch.Generator().manual_seed(seed + i) for i in range(count)]
     latent_images = pipe(
         validation_prompt(config), height=config.resolution, width=config.resolution,
         num_images_per_prompt=count, num_inference_steps=NUM_INFERENCE_STEPS,
         guidance_scale=GUIDANCE_SCALE, generator=generators, output_type="latent",
+        callback_on_step_end=on_step_end,
     ).images  # fmt: skip
     # Decoded in fp32 (the VAE's dtype) one image at a time: a 512 px fp32 decode of a whole
     # batch would need gigabytes next to the training state.
     scaled = latent_images.float() / latents.vae_scaling_factor(vae)
-    return [to_pil(vae.decode(x[None]).sample)[0] for x in scaled]
+    images = []
+    for x in scaled:
+        images.append(to_pil(vae.decode(x[None]).sample)[0])
+        tell(2)
+    return images
 
 
 def build_pipeline(components: Components, vae: torch.nn.Module) -> Any:

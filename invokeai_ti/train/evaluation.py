@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
+
+import torch
 
 from invokeai_ti.config import TrainingConfig
 from invokeai_ti.errors import UserError
 from invokeai_ti.files.checkpoint import list_checkpoints, read_state
-from invokeai_ti.report import quality
+from invokeai_ti.report import quality, validation
+from invokeai_ti.report.budget import EvaluationBudget
+from invokeai_ti.report.progress import ProgressReporter
+from invokeai_ti.train.run import Run
 from invokeai_ti.train.setup import setup
 
 log = logging.getLogger(__name__)
@@ -36,3 +42,123 @@ def evaluate_output(config: TrainingConfig, seed: int = quality.EVAL_SEED) -> st
                             2 * trained.train_batch_size, seed)  # fmt: skip
     path = quality.save_report(trained.output_dir, report)
     return f"{report.line()} Written to {path}."
+
+
+# --- grids and the report of a training run, within --evaluation_budget -------------------------
+
+REPORT_DRAWS_PER_IMAGE = (quality.DRAWS_PER_IMAGE, 8, 4)  # shrunk to fit; fewer would be noise
+
+
+def start(run: Run, reporter: ProgressReporter) -> None:
+    """Before the first step: the budget, and the step-0 grid (the initializer alone). With a
+    budget the step-0 grid waits until a step was timed and is drawn from the initializer's
+    vectors then, the same picture; without one it is drawn at once, as before."""
+    cfg, p = run.config, run.progress
+    run.budget = EvaluationBudget(cfg.evaluation_budget, run.total_steps - p.step,
+                                  cfg.train_batch_size * cfg.gradient_accumulation_steps)  # fmt: skip
+    if not (run.is_main and validation.validation_every(cfg)):
+        return
+    if p.step == 0:
+        validation.remove_stale_grids(cfg)
+    run.initial_grid_pending = not validation.grid_path(cfg, 0).is_file()
+    if run.initial_grid_pending and cfg.evaluation_budget is None and p.step < run.total_steps:
+        draw_grid(run, reporter, 0, run.initial_vectors)
+
+
+def periodic_grid(run: Run, reporter: ProgressReporter) -> None:
+    """A --validation_steps grid (and the step-0 grid still owed) when the budget leaves room for
+    the final grids and the report."""
+    budget, forwards = run.budget, validation.grid_forwards(run.config)
+    reserve = sum(cost or 0.0 for _, cost in final_jobs_cost(run))  # the last grid and the report
+    if run.initial_grid_pending and budget.fits("grid", forwards, reserve):
+        draw_grid(run, reporter, 0, run.initial_vectors)
+    if run.initial_grid_pending:  # still owed: it goes before any other grid
+        reserve += budget.cost("grid", forwards) or 0.0
+    if budget.fits("grid", forwards, reserve):
+        draw_grid(run, reporter, run.progress.step)
+    else:
+        run.skipped_grids += 1
+
+
+def final_jobs(run: Run, reporter: ProgressReporter, observed: validation.Observed) -> None:
+    """The last grid, the step-0 grid if still owed, and the quality report (its draws shrunk to
+    fit), each only within the budget; what was skipped is said in one line."""
+    cfg, budget, step = run.config, run.budget, run.progress.step
+    skipped = []
+    if validation.validation_every(cfg):
+        forwards = validation.grid_forwards(cfg)
+        for grid_step, vectors, owed in ((step, None, True),
+                                         (0, run.initial_vectors, run.initial_grid_pending)):  # fmt: skip
+            if not owed:
+                continue
+            if budget.fits("grid", forwards):
+                path = draw_grid(run, reporter, grid_step, vectors)
+                observed.validation_grid = observed.validation_grid or path
+            else:
+                skipped.append(f"the grid of step {grid_step} (~{_seconds(budget.cost('grid', forwards))})")
+    if cfg.quality_report:
+        fitting = [k for k in REPORT_DRAWS_PER_IMAGE if budget.fits("report", report_forwards(run, k))]
+        if fitting:
+            write_report(run, reporter, observed, fitting[0])
+        else:
+            cost = budget.cost("report", report_forwards(run, REPORT_DRAWS_PER_IMAGE[-1]))
+            skipped.append(f"the quality report (~{_seconds(cost)}; --eval_only with this run's "
+                           "flags writes it)")  # fmt: skip
+    if run.skipped_grids:
+        skipped.insert(0, f"{run.skipped_grids} grid(s) during training")
+    if skipped:  # a summary line, so that --log_format json carries it too
+        observed.skipped = (
+            f"Skipped to keep grids and the report within {100 * (budget.fraction or 0):g} % of "
+            f"the training time (--evaluation_budget; 'none' draws everything): "
+            f"{', '.join(skipped)}."
+        )
+    observed.evaluation = budget.describe()
+
+
+def final_jobs_cost(run: Run) -> list[tuple[str, float | None]]:
+    """What final_jobs() would spend at least: the last grid and the smallest report."""
+    cfg, budget = run.config, run.budget
+    costs = []
+    if validation.validation_every(cfg):
+        costs.append(("grid", budget.cost("grid", validation.grid_forwards(cfg))))
+    if cfg.quality_report:
+        costs.append(("report", budget.cost("report", report_forwards(run, REPORT_DRAWS_PER_IMAGE[-1]))))
+    return costs
+
+
+def draw_grid(run: Run, reporter: ProgressReporter, step: int,
+              vectors: list[torch.Tensor] | None = None) -> Path:  # fmt: skip
+    """The grid of `step`, drawn from `vectors` (None: the current ones), timed on the budget."""
+    cfg = run.config
+    forwards = validation.grid_forwards(cfg)
+    if step == 0:
+        run.initial_grid_pending = False
+    with (run.budget.job("grid", forwards), reporter.task(f"Grid of step {step}", forwards) as advance,
+          quality.holding(run.placeholders, vectors)):  # fmt: skip
+        return validation.save_validation_grid(run.components, cfg, step, run.progress.seed,
+                                               reporter, advance)  # fmt: skip
+
+
+def report_forwards(run: Run, per_image: int) -> int:
+    """The report's cost in UNet passes: each draw with the initializer and the learned vectors."""
+    return 2 * per_image * quality.image_count(run.latent_source)
+
+
+def write_report(run: Run, reporter: ProgressReporter, observed: validation.Observed,
+                 per_image: int) -> None:  # fmt: skip
+    cfg, p = run.config, run.progress
+    forwards = report_forwards(run, per_image)
+    with run.budget.job("report", forwards), reporter.task("Quality report", forwards) as advance:
+        # No gradients are kept, so twice the training batch fits where training did.
+        report = quality.quality_report(run.components, run.placeholders, run.latent_source,
+                                        run.prompt_ids, run.time_ids, run.initial_vectors, p.step,
+                                        2 * cfg.train_batch_size, per_image=per_image,
+                                        advance=advance)  # fmt: skip
+    observed.report = quality.save_report(cfg.output_dir, report)
+    observed.quality = report.line()
+    reporter.scalars({"eval/loss_initializer": report.loss_initializer,
+                      "eval/loss_learned": report.loss_learned}, p.step)  # fmt: skip
+
+
+def _seconds(cost: float | None) -> str:
+    return "unknown time" if cost is None else f"{cost:.2g} s" if cost < 10 else f"{cost:.0f} s"

@@ -4,16 +4,18 @@ one function per periodic job (log, save, validate, checkpoint)."""
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
 from invokeai_ti.config import TrainingConfig
 from invokeai_ti.data import dataset
 from invokeai_ti.errors import TrainingStopped
+from invokeai_ti.files import export
 from invokeai_ti.invokeai.root import logging_path
 from invokeai_ti.report import plot, progress, validation
 from invokeai_ti.report.progress import ProgressReporter, RunResult, format_plan
-from invokeai_ti.train import saving
+from invokeai_ti.train import evaluation, saving
 from invokeai_ti.train.run import Run
 from invokeai_ti.train.setup import setup
 from invokeai_ti.train.step import optimizer_step
@@ -38,18 +40,25 @@ def train(config: TrainingConfig) -> RunResult:
         if p.step >= run.total_steps:
             reporter.message(f"Already trained {p.step} of {run.total_steps} steps; writing the "
                              "outputs.")  # fmt: skip
-        elif p.step == 0 and run.is_main and validation.validation_every(config):
-            saving.validate(run, reporter)  # step 0: what the initializer alone gives, to compare
+        evaluation.start(run, reporter)
         stop.arm()
         if not loop(run, reporter, stop):
             return saving.stop_and_save(run, reporter, stop)
         stop.disarm()
-        files, observed = saving.finish(run, reporter)
+        files, observed = saving.save_outputs(run), validation.Observed()
+        if files is not None:
+            observed.loss_plot = plot.save_loss_plot(config.output_dir, p.losses)
+            evaluation.final_jobs(run, reporter, observed)
+            if config.push_to_hub:
+                export.push_to_hub(config)  # last, so the upload has the report and the plot too
     if run.world_size > 1:
         torch.distributed.barrier()  # every process ends after the files exist
         torch.distributed.destroy_process_group()
     lines = progress.describe_outputs(p, files, observed)
+    seconds = {"loading": run.load_seconds, "training": run.budget.train_seconds,
+               "evaluation": run.budget.spent_seconds}  # fmt: skip
     reporter.finish({**progress.output_paths(files, observed), "nonfinite_steps": p.nonfinite_steps,
+                     "seconds": {k: round(v, 3) for k, v in seconds.items()},
                      "summary": lines})  # fmt: skip
     # A script reading --log_format json gets the lines in the final object; stdout stays JSON.
     return RunResult(0, [] if reporter.format == "json" else lines)
@@ -66,7 +75,9 @@ def loop(run: Run, reporter: ProgressReporter, stop: StopRequest) -> bool:
             samples = dataset.epoch_samples(len(run.images.paths), config.repeats,
                                             run.prompt_ids[0].shape[0], p.seed, p.epoch)  # fmt: skip
         before = [ph.detached() for ph in run.placeholders]
+        started = time.perf_counter()
         p.losses.append(optimizer_step(run, samples))
+        run.budget.add_step(time.perf_counter() - started)  # grids and the report are priced by it
         if math.isfinite(p.losses[-1]):
             last_good = before  # the newest vectors whose loss was finite
         report_step(run, reporter)
@@ -100,7 +111,7 @@ def periodic_jobs(run: Run, reporter: ProgressReporter) -> None:
         plot.save_loss_plot(cfg.output_dir, run.progress.losses)
     every = validation.validation_every(cfg)
     if every and step % every == 0:
-        saving.validate(run, reporter)
+        evaluation.periodic_grid(run, reporter)
     if step % cfg.checkpointing_steps == 0:
         reporter.message(f"Saved checkpoint {saving.save_state(run)}")
 

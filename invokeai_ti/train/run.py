@@ -14,6 +14,7 @@ from invokeai_ti.data.latents import LatentSource
 from invokeai_ti.files import checkpoint as ckpt
 from invokeai_ti.models.loading import Components
 from invokeai_ti.models.placeholder import Placeholder
+from invokeai_ti.report.budget import EvaluationBudget
 
 
 @dataclass
@@ -38,6 +39,10 @@ class Run:
     initial_vectors: list[torch.Tensor] | None = None  # the initializer's, for the quality report
     saved_step: int = -1  # the step whose checkpoint is on disk already (not written twice)
     resume_changes: list[str] = field(default_factory=list)  # flags changed since the checkpoint
+    load_seconds: float = 0.0  # resolving and loading the frozen model
+    budget: EvaluationBudget | None = None  # what grids and the report may spend (train() sets it)
+    initial_grid_pending: bool = False  # the step-0 grid is owed (drawn when the budget allows)
+    skipped_grids: int = 0  # periodic grids the budget had no room for
 
     @property
     def is_main(self) -> bool:

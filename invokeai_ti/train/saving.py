@@ -1,6 +1,6 @@
 """What a run writes while and after it trains: the checkpoint of its state (every
 --checkpointing_steps, on Ctrl-C/SIGTERM and at the end), resuming from one, and the final files
-with what the run learned (loss plot, last grid, quality report)."""
+(the grids and the report are train/evaluation.py's)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from invokeai_ti.config import TrainingConfig
 from invokeai_ti.files import checkpoint as ckpt
 from invokeai_ti.files import export
 from invokeai_ti.files.atomic import check_disk_error
-from invokeai_ti.report import plot, quality, validation
 from invokeai_ti.report.progress import ProgressReporter, RunResult
 from invokeai_ti.train.run import Run
 from invokeai_ti.train.stopping import StopRequest
@@ -134,32 +133,3 @@ def save_outputs(run: Run) -> export.ExportedFiles | None:
     except OSError as exc:
         raise check_disk_error(exc, cfg.output_dir) from exc
     return files
-
-
-def validate(run: Run, reporter: ProgressReporter) -> Path | None:
-    """The validation grid of the current step from the current vectors, at the run's seed."""
-    return validation.save_validation_grid(run.components, run.config, run.progress.step,
-                                           run.progress.seed, reporter)  # fmt: skip
-
-
-def finish(run: Run, reporter: ProgressReporter):
-    """The final files, then what the run learned: loss plot, last grid, quality report."""
-    files = save_outputs(run)
-    observed = validation.Observed()
-    if files is None:
-        return None, observed
-    cfg, p = run.config, run.progress
-    observed.loss_plot = plot.save_loss_plot(cfg.output_dir, p.losses)
-    if validation.validation_every(cfg):
-        observed.validation_grid = validate(run, reporter)
-    # No gradients are kept, so twice the training batch fits where training did.
-    report = quality.quality_report(run.components, run.placeholders, run.latent_source,
-                                       run.prompt_ids, run.time_ids, run.initial_vectors, p.step,
-                                       2 * cfg.train_batch_size)  # fmt: skip
-    observed.report = quality.save_report(cfg.output_dir, report)
-    observed.quality = report.line()
-    reporter.scalars({"eval/loss_initializer": report.loss_initializer,
-                      "eval/loss_learned": report.loss_learned}, p.step)  # fmt: skip
-    if cfg.push_to_hub:
-        export.push_to_hub(cfg)  # last, so the upload has the report and the plot too
-    return files, observed

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import random
+import time
 from pathlib import Path
 
 import torch
@@ -35,7 +36,9 @@ def setup(config: TrainingConfig) -> Run:
     # 2. Frozen model, in the dtype the precision and device allow.
     source = resolve_model(config)
     log.info("Loading %s (Ctrl-C stops at once until training starts).", source.path)
+    loading = time.perf_counter()
     components = load_components(config, source, state.device)
+    load_seconds = time.perf_counter() - loading
     # 3. New tokens need the tokenizers and encoders; --init_embedding and the resume check need
     #    their dims, and fail here, before any time goes into images or latents.
     placeholders = add_placeholders(config, components)
@@ -68,6 +71,7 @@ def setup(config: TrainingConfig) -> Run:
               scaler, ckpt.Progress(seed=seed), total, micro, state.process_index,
               state.num_processes, lr)  # fmt: skip
     run.initial_vectors = [ph.detached() for ph in placeholders]  # before resume overwrites them
+    run.load_seconds = load_seconds
     # 9. Resume last: it loads into the optimizer and may move the schedule's start.
     if resume_folder is not None:
         saving.resume(run, resume_folder)
