@@ -465,7 +465,8 @@ def every_field_changed() -> TrainingConfig:
 def test_config_to_argv_round_trips_through_the_cli_parser():
     for config in (TrainingConfig(), every_field_changed(),
                    TrainingConfig(local_rank=-5, validation_prompt="", scale_lr=False,
-                                  copy_to_embeddings=False, learning_rate=5e-05)):  # fmt: skip
+                                  copy_to_embeddings=False, learning_rate=5e-05),
+                   TrainingConfig(evaluation_budget=None, quality_report=False)):  # fmt: skip
         argv = config_to_argv(config)
         assert parse_config(argv)[0] == config, argv
         shown = shlex.split(command_line(config), comments=True)  # the hub token is not shown

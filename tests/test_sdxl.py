@@ -168,13 +168,13 @@ def test_sdxl_full_pipeline_export_knows_the_token_in_both_encoders(tiny_sdxl, t
     from diffusers import StableDiffusionXLPipeline
 
     from invokeai_ti.config import TrainingConfig
-    from invokeai_ti.files import export
+    from invokeai_ti.files import pipeline
     from invokeai_ti.invokeai.model_source import ModelSource
 
     vectors = [torch.randn(2, 32), torch.randn(2, 64)]
     config = TrainingConfig(placeholder_token="<xl-disc>", output_dir=tmp_path / "pipe")
     source = ModelSource(path=tiny_sdxl, kind="diffusers", name="tiny-sdxl")
-    export.save_full_pipeline(config, source, ["<xl-disc>", "<xl-disc>_1"], vectors)
+    pipeline.save_full_pipeline(config, source, ["<xl-disc>", "<xl-disc>_1"], vectors)
     pipe = StableDiffusionXLPipeline.from_pretrained(tmp_path / "pipe", local_files_only=True)
     for tokenizer, encoder, expected in ((pipe.tokenizer, pipe.text_encoder, vectors[0]),
                                          (pipe.tokenizer_2, pipe.text_encoder_2, vectors[1])):  # fmt: skip

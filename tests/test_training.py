@@ -3,6 +3,8 @@ leaf vectors vs the full-matrix recipe, untouched rows, step bounds."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import TINY_FLAGS
@@ -153,6 +155,15 @@ def test_full_pipeline_export_knows_the_token(cli, root, tiny_sd1):
     original = next(v for k, v in load_file(tiny_sd1 / "text_encoder/model.safetensors").items()
                     if "token_embedding" in k)  # fmt: skip
     assert torch.equal(weight[: original.shape[0]], original)
+    # The unchanged components are copies, not links: writing them leaves the model alone.
+    unet = Path("unet/diffusion_pytorch_model.safetensors")
+    assert (out / unet).read_bytes() == (tiny_sd1 / unet).read_bytes()
+    assert (out / unet).stat().st_ino != (tiny_sd1 / unet).stat().st_ino
+    again = cli("--root_dir", root, "--placeholder_token", "<psychedelic>", "--output_dir", out,
+                *TINY_FLAGS, "--no-only_save_embeds", "--max_train_steps", "6")  # fmt: skip
+    assert again.code == 0, again.err
+    assert not [p for p in out.rglob("*.tmp")]
+    assert StableDiffusionPipeline.from_pretrained(out, local_files_only=True) is not None
 
 
 def test_num_train_epochs_bounds_training_when_smaller(cli, root):

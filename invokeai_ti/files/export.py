@@ -226,32 +226,6 @@ def copy_to_invokeai(root: Path, trigger: str, token: str, vectors: list[torch.T
     return save_tensors(target, tensors)
 
 
-def save_full_pipeline(
-    config: TrainingConfig, source: ModelSource, tokens: list[str], vectors: list[torch.Tensor]
-) -> Path:
-    """A diffusers pipeline folder whose tokenizer(s) and text encoder(s) know the new tokens."""
-    from invokeai_ti.models.loading import load_pipeline
-
-    assert config.output_dir is not None
-    pipe = load_pipeline(config, source)
-    pairs = [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")][: len(vectors)]
-    for (tokenizer_name, encoder_name), encoder_vectors in zip(pairs, vectors):
-        tokenizer, encoder = getattr(pipe, tokenizer_name), getattr(pipe, encoder_name)
-        tokenizer.add_tokens(tokens)
-        # mean_resizing would estimate a covariance over the whole table; the rows are overwritten.
-        encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        ids = tokenizer.convert_tokens_to_ids(tokens)
-        with torch.no_grad():
-            weight = encoder.get_input_embeddings().weight
-            weight[ids] = encoder_vectors.detach().to(weight.device, weight.dtype)
-    target = config.output_dir
-    # save_pretrained writes many files; each is small next to the weights, which it writes
-    # itself. The pipeline is rewritten whole at the end of a run, so a crash here loses nothing
-    # that the embedding files and checkpoints do not already hold.
-    pipe.save_pretrained(str(target), safe_serialization=True)
-    return target
-
-
 def push_to_hub(config: TrainingConfig) -> str:
     """Upload the output folder (embeddings, pipeline, logs; not checkpoints) to the hub."""
     from huggingface_hub import HfApi

@@ -19,11 +19,12 @@ def config_to_argv(config: TrainingConfig) -> list[str]:
     argv = []
     for f in dataclasses.fields(TrainingConfig):
         value = getattr(config, f.name)
-        # No flag sets a field to None, so None here means "left at its default".
-        if f.name == "front_end" or value is None or value == getattr(defaults, f.name):
+        if f.name == "front_end" or value == getattr(defaults, f.name):
             continue
         flag = FLAG_NAMES.get(f.name, f.name)
-        if isinstance(value, bool):
+        if value is None:  # a field whose default is a value: 'none' (--evaluation_budget none)
+            argv.append(f"--{flag}=none")
+        elif isinstance(value, bool):
             argv.append(f"--{flag}" if value else f"--no-{flag}")
         elif isinstance(value, list):
             argv.extend(f"--{flag}={item}" for item in value)

@@ -132,7 +132,7 @@ def _load_folder(source: ModelSource, config: TrainingConfig, dtype: torch.dtype
     _check_pipeline_folder(folder, source.name)
     kwargs = dict(local_files_only=True)
     try:
-        tokenizers, encoders = _load_text_side(folder, config, dtype)
+        tokenizers, encoders = load_text_side(folder, config, dtype)
         # Converted tensor by tensor when the stored dtype differs (see weights.py: the UNet is
         # most of the model, and from_pretrained's conversion held the file's copy too).
         unet = weights.load_diffusers_model(UNet2DConditionModel, folder / "unet", dtype)
@@ -178,7 +178,8 @@ def load_pipeline(config: TrainingConfig, source: ModelSource) -> Any:
     return DiffusionPipeline.from_pretrained(str(source.path), local_files_only=True)
 
 
-def _load_text_side(folder: Path, config: TrainingConfig, dtype: torch.dtype):
+def load_text_side(folder: Path, config: TrainingConfig, dtype: torch.dtype | None):
+    """The tokenizer(s) and text encoder(s) of a diffusers folder (dtype None: as stored)."""
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     kwargs = dict(local_files_only=True)

@@ -45,9 +45,12 @@ def train(config: TrainingConfig) -> RunResult:
         if not loop(run, reporter, stop):
             return saving.stop_and_save(run, reporter, stop)
         stop.disarm()
+        started = time.perf_counter()
         files, observed = saving.save_outputs(run), validation.Observed()
         if files is not None:
             observed.loss_plot = plot.save_loss_plot(config.output_dir, p.losses)
+        run.seconds["final files"] = time.perf_counter() - started
+        if files is not None:
             evaluation.final_jobs(run, reporter, observed)
             if config.push_to_hub:
                 export.push_to_hub(config)  # last, so the upload has the report and the plot too
@@ -55,7 +58,7 @@ def train(config: TrainingConfig) -> RunResult:
         torch.distributed.barrier()  # every process ends after the files exist
         torch.distributed.destroy_process_group()
     lines = progress.describe_outputs(p, files, observed)
-    seconds = {"loading": run.load_seconds, "training": run.budget.train_seconds,
+    seconds = {**run.seconds, "training": run.budget.train_seconds,
                "evaluation": run.budget.spent_seconds}  # fmt: skip
     reporter.finish({**progress.output_paths(files, observed), "nonfinite_steps": p.nonfinite_steps,
                      "seconds": {k: round(v, 3) for k, v in seconds.items()},

@@ -39,7 +39,7 @@ class Run:
     initial_vectors: list[torch.Tensor] | None = None  # the initializer's, for the quality report
     saved_step: int = -1  # the step whose checkpoint is on disk already (not written twice)
     resume_changes: list[str] = field(default_factory=list)  # flags changed since the checkpoint
-    load_seconds: float = 0.0  # resolving and loading the frozen model
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time by phase, for the summary
     budget: EvaluationBudget | None = None  # what grids and the report may spend (train() sets it)
     initial_grid_pending: bool = False  # the step-0 grid is owed (drawn when the budget allows)
     skipped_grids: int = 0  # periodic grids the budget had no room for

@@ -11,7 +11,7 @@ import torch
 
 from invokeai_ti.config import TrainingConfig
 from invokeai_ti.files import checkpoint as ckpt
-from invokeai_ti.files import export
+from invokeai_ti.files import export, pipeline
 from invokeai_ti.files.atomic import check_disk_error
 from invokeai_ti.report.progress import ProgressReporter, RunResult
 from invokeai_ti.train.run import Run
@@ -127,7 +127,7 @@ def save_outputs(run: Run) -> export.ExportedFiles | None:
     try:
         files = export.save_final_embeds(cfg, vectors, run.progress.step, source)
         if not cfg.only_save_embeds:
-            files.pipeline_dir = export.save_full_pipeline(
+            files.pipeline_dir = pipeline.save_full_pipeline(
                 cfg, source, run.placeholders[0].tokens, vectors
             )
     except OSError as exc:

@@ -36,14 +36,15 @@ def setup(config: TrainingConfig) -> Run:
     # 2. Frozen model, in the dtype the precision and device allow.
     source = resolve_model(config)
     log.info("Loading %s (Ctrl-C stops at once until training starts).", source.path)
-    loading = time.perf_counter()
+    started = time.perf_counter()
     components = load_components(config, source, state.device)
-    load_seconds = time.perf_counter() - loading
+    seconds = {"loading": time.perf_counter() - started}
     # 3. New tokens need the tokenizers and encoders; --init_embedding and the resume check need
     #    their dims, and fail here, before any time goes into images or latents.
     placeholders = add_placeholders(config, components)
     resume_folder = check_resume(config, components, state.num_processes)
     # 4. Every image decoded now, so a bad file fails before any GPU time is spent.
+    started = time.perf_counter()
     images = dataset.load_training_images(
         config.train_data_dir, config.resolution, config.center_crop, config.dataloader_num_workers
     )
@@ -54,6 +55,7 @@ def setup(config: TrainingConfig) -> Run:
                                                     config.cache_latents)  # fmt: skip
         if config.cache_latents:
             components.vae = None
+    seconds["images and latents"] = time.perf_counter() - started
     # 6. Prompts are tokenized once; they need the tokenizers that know the new tokens.
     prompt_ids = tokenize_prompts(config, components)
     # 7. Step counts need the image count and the process count; epochs bound the steps too.
@@ -71,7 +73,7 @@ def setup(config: TrainingConfig) -> Run:
               scaler, ckpt.Progress(seed=seed), total, micro, state.process_index,
               state.num_processes, lr)  # fmt: skip
     run.initial_vectors = [ph.detached() for ph in placeholders]  # before resume overwrites them
-    run.load_seconds = load_seconds
+    run.seconds = seconds
     # 9. Resume last: it loads into the optimizer and may move the schedule's start.
     if resume_folder is not None:
         saving.resume(run, resume_folder)
