@@ -9,6 +9,7 @@ tests/test_bad_input_props.py.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,15 @@ def test_a_value_out_of_its_range_is_one_line_before_anything_loads(root, flag, 
     result = run_subprocess("--root_dir", root, "--placeholder_token", TRIGGER, *FAST,
                             f"{flag}={value}", "--dry_run", timeout=60)  # fmt: skip
     assert expected in one_error_line(result) and len(result.err.splitlines()) == 1
+
+
+def test_a_learning_rate_scaled_past_float32_is_refused(root):
+    """1e38 is in range, but --scale_lr multiplies it by the batch (2 here): 2e38 would turn the
+    vectors infinite on the first update."""
+    result = run_subprocess("--root_dir", root, "--placeholder_token", TRIGGER, *FAST,
+                            "--learning_rate=1e38", "--dry_run")  # fmt: skip
+    assert ("--learning_rate 1e+38 scaled by --scale_lr (x2) is 2e+38, more than float32 holds "
+            "(1e+38): lower --learning_rate or pass --no-scale_lr.") in one_error_line(result)
 
 
 def test_every_numeric_flag_takes_its_type_and_range_from_the_table():
@@ -290,11 +300,11 @@ HOLD_LOCK = (
 )
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="no SIGKILL; files/lock.py uses msvcrt there")
 def test_a_second_run_into_the_same_folder_fails_at_once_and_kill_9_leaves_no_lock(root, tmp_path):
     import os
     import signal
     import subprocess
-    import sys
 
     out = tmp_path / "out"
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE,
