@@ -117,7 +117,8 @@ def problem(name: str, value: object) -> str | None:
     below = value <= r.low if r.low_open else value < r.low
     above = value >= r.high if r.high_open else value > r.high
     if below or above:
-        got = str(value) if len(str(value)) <= 24 else f"{str(value)[:12]}... ({len(str(value))} digits)"
+        got = str(value)
+        got = got if len(got) <= 24 else f"{got[:12]}... ({len(got)} digits)"
         return f"must be {r.phrase()}, got {got}{why if above or not r.low_open else ''}"
     if r.multiple_of > 1 and value % r.multiple_of:
         lower = max(r.multiple_of, int(value) // r.multiple_of * r.multiple_of)
@@ -159,7 +160,7 @@ def _shown(text: str) -> str:
     return "'" + "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:80]) + "'"
 
 
-# --- the trigger names folders ---------------------------------------------------------------------
+# --- the trigger names folders ------------------------------------------------------------------
 
 
 def folder_name_problem(trigger: str) -> str | None:

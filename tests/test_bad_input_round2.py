@@ -202,6 +202,7 @@ def diverged(tmp_path_factory, tiny_sd1, concept_images):
     return root, out, result
 
 
+@pytest.mark.slow  # a real run of 4 steps in a fresh process
 def test_a_diverging_run_writes_only_finite_vectors_and_exits_1(diverged, tiny_sd1):
     import torch
     from safetensors.torch import load_file
@@ -246,6 +247,7 @@ def _broken_checkpoint(source: Path, target: Path, change) -> Path:
      (lambda v, torch: torch.cat([v, v]), "holds vectors of shape [[2, 32]], but this run needs 1")],
     ids=["nan", "wrong-shape"],
 )  # fmt: skip
+@pytest.mark.slow  # its checkpoint comes from the 4-step run above
 def test_resume_refuses_nonfinite_or_misshaped_vectors(diverged, tmp_path, change, named):
     root, out, _ = diverged
     folder = _broken_checkpoint(out / "checkpoint-1", tmp_path / "checkpoint-1", change)
@@ -300,6 +302,7 @@ HOLD_LOCK = (
 )
 
 
+@pytest.mark.slow  # three fresh processes, one of them a real run
 @pytest.mark.skipif(sys.platform == "win32", reason="no SIGKILL; files/lock.py uses msvcrt there")
 def test_a_second_run_into_the_same_folder_fails_at_once_and_kill_9_leaves_no_lock(root, tmp_path):
     import os

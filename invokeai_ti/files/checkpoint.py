@@ -262,7 +262,8 @@ def check_vectors(folder: Path, vectors: list[torch.Tensor], num_vectors: int) -
     if not vectors or any(v.dim() != 2 or v.shape[0] != num_vectors for v in vectors):
         raise ResumeError(
             f"--resume_from_checkpoint {where} holds vectors of shape {shapes}, but this run "
-            f"needs {num_vectors} vector(s) per text encoder: pick another checkpoint-<step> folder."
+            f"needs {num_vectors} vector(s) per text encoder: pick another checkpoint-<step> "
+            "folder."
         )
 
 

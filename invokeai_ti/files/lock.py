@@ -61,8 +61,8 @@ def acquire(output_dir: Path) -> IO[str]:
             other = handle.read(32).strip() or "unknown"
             handle.close()
             raise UserError(
-                f"--output_dir {output_dir} is in use by another invokeai-ti run (process {other}): "
-                "wait for it to finish, or choose another --output_dir."
+                f"--output_dir {output_dir} is in use by another invokeai-ti run (process "
+                f"{other}): wait for it to finish, or choose another --output_dir."
             )
         if _same_file(handle, path):
             handle.seek(0)
