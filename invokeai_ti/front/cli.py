@@ -49,8 +49,8 @@ class _Parser(argparse.ArgumentParser):
             close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
             hint = f" Did you mean {close[0]}?" if close else f" See `{PROG} --help`."
             kind = "flag" if name.startswith("-") else "argument"
-            self.error(f"unknown {kind} {name!r}.{hint}" if name != flag.strip() or not name
-                       else f"unknown {kind} {name}.{hint}")  # fmt: skip
+            plain = name and name.isprintable() and not any(c.isspace() for c in name)
+            self.error(f"unknown {kind} {name if plain else repr(name)}.{hint}")
         return parsed
 
     def _get_values(self, action, arg_strings):  # type: ignore[override]
