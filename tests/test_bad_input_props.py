@@ -167,3 +167,32 @@ def test_stderr_encoding_survives_surrogates(places, stop_at_model_load, monkeyp
                              "--dry_run"])  # fmt: skip
     assert code == 2 and "\\udcff" in err and len(err.splitlines()) == 1
     assert sys.getdefaultencoding() == "utf-8"
+
+
+@settings(max_examples=100, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@given(data=st.data())
+def _check_hostile_form(data, root: Path):
+    import dataclasses
+
+    from invokeai_ti.config import TrainingConfig
+    from invokeai_ti.front.gui import form
+
+    text = st.one_of(st.sampled_from(NUMBERS + WORDS),
+                     st.text(st.characters(exclude_categories=("Cs",)), max_size=12))  # fmt: skip
+    names = data.draw(st.lists(st.sampled_from([*form.NUMBER_FIELDS, "trigger"]), min_size=1,
+                               max_size=3))  # fmt: skip
+    values = form.initial_values(TrainingConfig(), root, "stable-diffusion-1.5", None, ["no"])
+    values = dataclasses.replace(values, **{"trigger": "x", **{n: data.draw(text) for n in names}})
+    config, errors = form.build_config(TrainingConfig(root_dir=root), root, values)
+    assert (config is None) == bool(errors)
+    if config is not None:  # what the form accepts, the flags accept too
+        config.validate()
+    assert all(message and "\n" not in message for message in errors.values()), errors
+
+
+def test_the_gui_form_answers_hostile_values_with_field_messages(places):
+    """The form's fields take the same hostile values: a message under the field, or a config
+    that validate() accepts; never an exception."""
+    root, _ = places
+    _check_hostile_form(root=root)
