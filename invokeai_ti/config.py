@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from invokeai_ti import ranges
 from invokeai_ti.errors import UserError
 
 LR_SCHEDULERS = (
@@ -127,6 +128,8 @@ class TrainingConfig:
         """Reject settings no run can use; each message names the flag and what to do."""
         if not self.placeholder_token:
             raise UserError("--placeholder_token is required: give the trigger term, e.g. '<my-cat>'.")
+        if problem := ranges.folder_name_problem(self.trigger):
+            raise UserError(f"--placeholder_token: {problem}.")
         if any(c.isspace() for c in self.placeholder_token):
             raise UserError(
                 f"--placeholder_token '{self.placeholder_token}' contains a space: "
@@ -139,44 +142,7 @@ class TrainingConfig:
         _check_choice("--log_format", self.log_format, LOG_FORMATS)
         for fmt in self.export_format:
             _check_choice("--export_format", fmt, EXPORT_FORMATS)
-        for flag, value in (
-            ("--resolution", self.resolution),
-            ("--train_batch_size", self.train_batch_size),
-            ("--max_train_steps", self.max_train_steps),
-            ("--num_train_epochs", self.num_train_epochs),
-            ("--gradient_accumulation_steps", self.gradient_accumulation_steps),
-            ("--repeats", self.repeats),
-            ("--num_vectors", self.num_vectors),
-            ("--checkpointing_steps", self.checkpointing_steps),
-            ("--save_steps", self.save_steps),
-            ("--lr_num_cycles", self.lr_num_cycles),
-            ("--log_every_steps", self.log_every_steps),
-        ):
-            if value <= 0:
-                raise UserError(f"{flag} must be a positive number, got {value}.")
-        if self.learning_rate <= 0:
-            raise UserError(f"--learning_rate must be positive, got {self.learning_rate}.")
-        if self.resolution % 8:
-            raise UserError(
-                f"--resolution {self.resolution} is not a multiple of 8: "
-                f"use e.g. {max(8, self.resolution // 8 * 8)}."
-            )
-        for flag, value in (
-            ("--lr_warmup_steps", self.lr_warmup_steps),
-            ("--dataloader_num_workers", self.dataloader_num_workers),
-            ("--num_validation_images", self.num_validation_images),
-            ("--validation_steps", self.validation_steps or 0),
-        ):
-            if value < 0:
-                raise UserError(f"{flag} must not be negative, got {value}.")
-        budget = self.evaluation_budget
-        if budget is not None and not 0 <= budget < float("inf"):
-            raise UserError(
-                f"--evaluation_budget must be a fraction of the training time (0 or more, e.g. "
-                f"0.1) or 'none' for no limit, got {budget}."
-            )
-        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
-            raise UserError("--checkpoints_total_limit must be at least 1 (or left out for no limit).")
+        ranges.check_settings(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -14,6 +14,7 @@ import pytest
 
 pytest.importorskip("textual")
 
+from invokeai_ti import ranges  # noqa: E402
 from invokeai_ti.config import TrainingConfig  # noqa: E402
 from invokeai_ti.front.cli import build_parser, main, parse_config  # noqa: E402
 from invokeai_ti.front.command import command_line, config_to_argv  # noqa: E402
@@ -258,7 +259,7 @@ def test_start_with_problems_shows_them_inline_and_stays_open(root):
         await settle(pilot, app)
         errors = shown_errors(app)
         assert "holds no readable images" in errors["data_dir"]
-        assert errors["max_train_steps"] == "Must be at least 1."
+        assert errors["max_train_steps"].startswith("Must be a positive number")
         assert app.return_value is None and app.is_running
 
     run_form(TrainingConfig(root_dir=root), scenario)
@@ -452,6 +453,9 @@ def every_field_changed() -> TrainingConfig:
             values[f.name] = not default
         elif "Path" in str(f.type):
             values[f.name] = Path("/tmp/somewhere") / f.name
+        elif f.name in ranges.RANGES:  # another value its range accepts
+            r = ranges.RANGES[f.name]
+            values[f.name] = (default or 0) + 3 * r.multiple_of if r.integer else (default + r.low) / 2
         elif isinstance(default, float):
             values[f.name] = default * 3 + 0.125
         elif isinstance(default, int) or "int" in str(f.type):
@@ -464,7 +468,7 @@ def every_field_changed() -> TrainingConfig:
 
 def test_config_to_argv_round_trips_through_the_cli_parser():
     for config in (TrainingConfig(), every_field_changed(),
-                   TrainingConfig(local_rank=-5, validation_prompt="", scale_lr=False,
+                   TrainingConfig(local_rank=5, validation_prompt="", scale_lr=False,
                                   copy_to_embeddings=False, learning_rate=5e-05),
                    TrainingConfig(evaluation_budget=None, quality_report=False)):  # fmt: skip
         argv = config_to_argv(config)

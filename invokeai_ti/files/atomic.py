@@ -70,14 +70,38 @@ def atomic_write_text(path: Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+def nonfinite_count(obj: Any) -> int:
+    """NaN and infinite values in every tensor of `obj` (a tensor, or dicts/lists of them)."""
+    if torch.is_tensor(obj):
+        return int((~torch.isfinite(obj)).sum()) if obj.is_floating_point() else 0
+    if isinstance(obj, dict):
+        return sum(nonfinite_count(value) for value in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(nonfinite_count(value) for value in obj)
+    return 0
+
+
+def refuse_nonfinite(path: Path, obj: Any) -> None:
+    """Vectors with NaN or inf make InvokeAI draw black images: such a file is never written.
+    The training loop stops before it would ask; this is the last guard."""
+    if bad := nonfinite_count(obj):
+        raise UserError(
+            f"not writing {path}: its vectors hold {bad} NaN or infinite value(s); the files "
+            "already there are kept. Lower --learning_rate or use --mixed_precision no.",
+            exit_code=1,
+        )
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:
     from safetensors.torch import save_file
 
+    refuse_nonfinite(path, tensors)
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     return atomic_write(path, lambda tmp: save_file(contiguous, str(tmp), metadata=metadata))
 
 
 def save_torch(path: Path, obj: Any) -> Path:
+    refuse_nonfinite(path, obj)
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 

@@ -21,7 +21,7 @@ import torch
 
 from invokeai_ti.config import TrainingConfig
 from invokeai_ti.errors import ResumeError
-from invokeai_ti.files.atomic import complete_folder
+from invokeai_ti.files.atomic import complete_folder, nonfinite_count, refuse_nonfinite
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,8 @@ def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 def save_checkpoint(output_dir: Path, state: CheckpointState) -> Path:
-    """Write checkpoint-<step>/ atomically; returns the folder."""
+    """Write checkpoint-<step>/ atomically; returns the folder. Never from non-finite vectors."""
+    refuse_nonfinite(output_dir / f"{PREFIX}{state.progress.step}", state.vectors)
     rng_tensors, rng_json = capture_rng()
     opt_tensors, opt_json = _optimizer_to_files(state.optimizer)
     tensors = {f"vectors.{i}": v for i, v in enumerate(state.vectors)}
@@ -245,6 +246,24 @@ def check_fingerprint(folder: Path, saved: dict[str, Any], current: dict[str, An
         raise ResumeError(
             f"cannot resume from {folder}: {'; '.join(differences)}. Use the same settings, "
             "another --output_dir, or leave out --resume_from_checkpoint."
+        )
+
+
+def check_vectors(folder: Path, vectors: list[torch.Tensor], num_vectors: int) -> None:
+    """Refuse to resume from vectors that are not finite or not [num_vectors, dim] each: they
+    would train on garbage, or fail deep in the text encoder."""
+    where = folder / TENSORS_FILE
+    if bad := nonfinite_count(vectors):
+        raise ResumeError(
+            f"--resume_from_checkpoint {where} holds {bad} NaN or infinite value(s): pick an older "
+            "checkpoint-<step> folder, or leave out --resume_from_checkpoint."
+        )
+    shapes = [list(v.shape) for v in vectors]
+    if not vectors or any(v.dim() != 2 or v.shape[0] != num_vectors for v in vectors):
+        raise ResumeError(
+            f"--resume_from_checkpoint {where} holds vectors of shape {shapes}, but this run "
+            f"needs {num_vectors} vector(s) per text encoder: pick another checkpoint-<step> "
+            "folder."
         )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from invokeai_ti.errors import UserError
+from invokeai_ti.files.atomic import nonfinite_count
 from invokeai_ti.files.checkpoint import STATE_FILE, TENSORS_FILE, damaged, read_state
 from invokeai_ti.invokeai import families
 
@@ -219,6 +220,11 @@ def initial_vectors(
     what = f"--init_embedding {init_embedding}"
     embedding = read_embedding(init_embedding, what)
     check_token_dims(what, embedding.dims, model_dims, model_family)
+    if bad := nonfinite_count(embedding.vectors):
+        raise UserError(
+            f"{what} holds {bad} NaN or infinite value(s): training cannot start from it; use "
+            "another embedding or --initializer_token."
+        )
     if embedding.num_vectors != num_vectors:
         raise UserError(
             f"{what} holds {embedding.num_vectors} vector(s) per token but --num_vectors is "
@@ -248,8 +254,18 @@ def describe_embedding_file(path: Path) -> str:
         + ("" if families.is_known(embedding.dims) else f" ({families.KNOWN_FAMILIES})"),
         f"  InvokeAI:      {_invokeai_view(embedding)}",
         f"  training step: {embedding.step if embedding.step is not None else 'not stored'}",
+        f"  values:        {_finiteness(embedding)}",
     ]
     return "\n".join(lines)
+
+
+def _finiteness(embedding: Embedding) -> str:
+    bad = nonfinite_count(embedding.vectors)
+    if not bad:
+        return "all finite"
+    total = sum(v.numel() for v in embedding.vectors)
+    return (f"{bad} of {total} are NaN or infinite: InvokeAI would draw black or noise images "
+            "with it; do not use this file")  # fmt: skip
 
 
 def _invokeai_view(embedding: Embedding) -> str:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from invokeai_ti import __version__
+from invokeai_ti import __version__, ranges
 from invokeai_ti.config import (
     EXPORT_FORMATS,
     LATEST,
@@ -40,20 +40,55 @@ log = logging.getLogger("invokeai_ti")
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line and suggests the closest valid one."""
 
-    def error(self, message: str) -> NoReturn:
-        if message.startswith("unrecognized arguments:"):
-            unknown = message.split(":", 1)[1].split()
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
             flag = next((arg for arg in unknown if arg.startswith("-")), unknown[0])
             name = flag.split("=", 1)[0]
             options = [opt for action in self._actions for opt in action.option_strings]
             close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
             hint = f" Did you mean {close[0]}?" if close else f" See `{PROG} --help`."
-            message = f"unknown flag {name}.{hint}"
-        elif message.endswith("expected one argument"):
+            kind = "flag" if name.startswith("-") else "argument"
+            plain = name and name.isprintable() and not any(c.isspace() for c in name)
+            self.error(f"unknown {kind} {name if plain else repr(name)}.{hint}")
+        return parsed
+
+    def _get_values(self, action, arg_strings):  # type: ignore[override]
+        # argparse drops a '--' given as `--flag=--` and stores an empty list; it is the value.
+        if action.option_strings and action.nargs is None and arg_strings == ["--"]:
+            return self._get_value(action, "--")
+        return super()._get_values(action, arg_strings)
+
+    def error(self, message: str) -> NoReturn:
+        if message.endswith("expected one argument"):
             # argparse reads `--learning_rate -1e-4` as two flags; only `=` keeps the value attached.
             message += ": give a value after the flag (one that starts with '-' as --flag=-1e-4)."
-        print(f"{PROG}: error: {message}", file=sys.stderr)
+        where, _, rest = message.partition(": ")
+        if where.startswith("argument ") and rest.startswith("--"):
+            message = rest  # the ranges' messages name the flag themselves
+        print(f"{PROG}: error: {one_line(message)}", file=sys.stderr)
         sys.exit(2)
+
+
+def one_line(text: str) -> str:
+    """An error message as one printable line: control characters, line separators and bytes
+    that are not text (surrogates) escaped, so a typed value cannot break the line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _number(group: argparse._ArgumentGroup, flag: str, help: str) -> None:
+    """A numeric flag whose type, default and accepted range come from ranges.RANGES."""
+    name = flag[2:]
+
+    def parse(text: str) -> int | float | None:
+        try:
+            return ranges.parse(name, text)
+        except UserError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = "integer" if ranges.RANGES[name].integer else "number"
+    group.add_argument(flag, type=parse, default=getattr(TrainingConfig, name),
+                       help=f"{help} [{ranges.RANGES[name].interval()}]")  # fmt: skip
 
 
 def _resume_value(text: str) -> str:
@@ -61,14 +96,6 @@ def _resume_value(text: str) -> str:
     if text.strip().lower() == LATEST:
         return LATEST
     return str(absolute_path(text))
-
-
-def _optional_int(text: str) -> int | None:
-    return None if text.lower() in ("none", "") else int(text)
-
-
-def _budget(text: str) -> float | None:
-    return None if text.strip().lower() == "none" else float(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,12 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train_data_dir", type=Path,
                    help="training images (default: ROOT/text-inversion-training-data/<trigger>); "
                    "relative paths are relative to the current folder")
-    g.add_argument("--resolution", type=int, default=d.resolution, help="training image size (px)")
+    _number(g, "--resolution", help="training image size (px)")
     g.add_argument("--center_crop", action=on_off, default=d.center_crop,
                    help="crop images to a centred square before resizing")
-    g.add_argument("--repeats", type=int, default=d.repeats, help="times each image is used per epoch")
-    g.add_argument("--dataloader_num_workers", type=int, default=d.dataloader_num_workers,
-                   help="threads that decode images")
+    _number(g, "--repeats", help="times each image is used per epoch")
+    _number(g, "--dataloader_num_workers", help="threads that decode images")
     g.add_argument("--cache_latents", action=on_off, default=d.cache_latents,
                    help="encode each image once with the VAE, then free the VAE")
 
@@ -119,18 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the word stands for: object or style prompt templates")
     g.add_argument("--initializer_token", default=d.initializer_token,
                    help="one existing token the new vectors start from")
-    g.add_argument("--num_vectors", type=int, default=d.num_vectors, help="vectors per trigger term")
+    _number(g, "--num_vectors", help="vectors per trigger term")
     g.add_argument("--init_embedding", type=Path,
                    help="start from an existing embedding file instead of --initializer_token")
 
     g = p.add_argument_group("Training")
-    g.add_argument("--seed", type=int, help="random seed (default: drawn once, stored in checkpoints)")
-    g.add_argument("--train_batch_size", type=int, default=d.train_batch_size, help="images per step")
-    g.add_argument("--num_train_epochs", type=int, default=d.num_train_epochs,
-                   help="upper bound on epochs; training stops at whichever limit comes first")
-    g.add_argument("--max_train_steps", type=int, default=d.max_train_steps, help="optimizer steps")
-    g.add_argument("--gradient_accumulation_steps", type=int, default=d.gradient_accumulation_steps,
-                   help="batches accumulated per optimizer step")
+    _number(g, "--seed", help="random seed (default: drawn once, stored in checkpoints)")
+    _number(g, "--train_batch_size", help="images per step")
+    _number(g, "--num_train_epochs",
+            help="upper bound on epochs; training stops at whichever limit comes first")
+    _number(g, "--max_train_steps", help="optimizer steps")
+    _number(g, "--gradient_accumulation_steps", help="batches accumulated per optimizer step")
     g.add_argument("--gradient_checkpointing", action=on_off, default=d.gradient_checkpointing,
                    help="trade compute for memory in the UNet and text encoder")
     g.add_argument("--mixed_precision", choices=MIXED_PRECISIONS, default=d.mixed_precision,
@@ -140,33 +165,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--enable_xformers_memory_efficient_attention", action=on_off,
                    default=d.enable_xformers_memory_efficient_attention,
                    help="use xformers attention (must be installed; default is PyTorch SDPA)")
-    g.add_argument("--local_rank", type=int, default=d.local_rank,
-                   help="kept for 2.3 compatibility; accelerate launch sets the rank")
+    _number(g, "--local_rank", help="kept for 2.3 compatibility; accelerate launch sets the rank")
 
     g = p.add_argument_group("Optimizer and schedule")
-    g.add_argument("--learning_rate", type=float, default=d.learning_rate, help="base learning rate")
+    _number(g, "--learning_rate", help="base learning rate")
     g.add_argument("--scale_lr", action=on_off, default=d.scale_lr,
                    help="multiply the lr by batch size x accumulation x processes")
     g.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, default=d.lr_scheduler, help="lr schedule")
-    g.add_argument("--lr_warmup_steps", type=int, default=d.lr_warmup_steps,
-                   help="warmup steps (schedules with warmup)")
-    g.add_argument("--lr_num_cycles", type=int, default=d.lr_num_cycles,
-                   help="restarts for cosine_with_restarts")
-    g.add_argument("--adam_beta1", type=float, default=d.adam_beta1, help="AdamW beta1")
-    g.add_argument("--adam_beta2", type=float, default=d.adam_beta2, help="AdamW beta2")
-    g.add_argument("--adam_weight_decay", type=float, default=d.adam_weight_decay,
-                   help="AdamW weight decay")
-    g.add_argument("--adam_epsilon", type=float, default=d.adam_epsilon, help="AdamW epsilon")
+    _number(g, "--lr_warmup_steps", help="warmup steps (schedules with warmup)")
+    _number(g, "--lr_num_cycles", help="restarts for cosine_with_restarts")
+    _number(g, "--adam_beta1", help="AdamW beta1")
+    _number(g, "--adam_beta2", help="AdamW beta2")
+    _number(g, "--adam_weight_decay", help="AdamW weight decay")
+    _number(g, "--adam_epsilon", help="AdamW epsilon")
 
     g = p.add_argument_group("Checkpoints and outputs")
-    g.add_argument("--checkpointing_steps", type=int, default=d.checkpointing_steps,
-                   help="save a resumable checkpoint every N steps")
-    g.add_argument("--checkpoints_total_limit", type=_optional_int,
-                   help="keep only the newest N checkpoints")
+    _number(g, "--checkpointing_steps", help="save a resumable checkpoint every N steps")
+    _number(g, "--checkpoints_total_limit", help="keep only the newest N checkpoints")
     g.add_argument("--resume_from_checkpoint", type=_resume_value,
                    help="'latest' or a checkpoint folder; latest with none starts fresh")
-    g.add_argument("--save_steps", type=int, default=d.save_steps,
-                   help="write learned_embeds-steps-N.bin every N steps")
+    _number(g, "--save_steps", help="write learned_embeds-steps-N.bin every N steps")
     g.add_argument("--only_save_embeds", action=on_off, default=d.only_save_embeds,
                    help="do not save the full pipeline, only the embedding files")
     g.add_argument("--copy", dest="copy_to_embeddings", action=on_off, default=d.copy_to_embeddings,
@@ -180,16 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--report_to", choices=REPORT_TO, default=d.report_to, help="experiment tracker")
     g.add_argument("--log_format", choices=LOG_FORMATS, default=d.log_format,
                    help="progress: tqdm bar on a terminal, plain lines or JSON lines otherwise")
-    g.add_argument("--log_every_steps", type=int, default=d.log_every_steps,
-                   help="steps between plain/json progress lines")
+    _number(g, "--log_every_steps", help="steps between plain/json progress lines")
     g.add_argument("--validation_prompt", help="prompt for validation images (default: a template)")
-    g.add_argument("--num_validation_images", type=int, default=d.num_validation_images,
-                   help="images per validation grid")
-    g.add_argument("--validation_steps", type=int,
-                   help="validate every N steps (default: --save_steps; 0: off)")
-    g.add_argument("--evaluation_budget", type=_budget, default=d.evaluation_budget,
-                   help="fraction of the training time the grids and the quality report may "
-                        "take; what does not fit is skipped and said ('none': no limit)")
+    _number(g, "--num_validation_images", help="images per validation grid")
+    _number(g, "--validation_steps", help="validate every N steps (default: --save_steps; 0: off)")
+    _number(g, "--evaluation_budget",
+            help="fraction of the training time the grids and the quality report may take; what "
+                 "does not fit is skipped and said ('none': no limit)")
     g.add_argument("--quality_report", action=on_off, default=d.quality_report,
                    help="write report.json (initializer vs learned loss) at the end")
 
@@ -230,9 +245,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.debug:
             raise
         if os.environ.get("RANK", "0") == "0":  # under accelerate launch, one copy of the line
-            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            print(f"{PROG}: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG and not config.debug:  # any typed path may be too long
+            name = one_line(str(exc.filename or ""))
+            print(f"{PROG}: error: {name[:100]}{'...' if len(name) > 100 else ''}: a file or "
+                  "folder name is longer than this system allows: give a shorter one.",
+                  file=sys.stderr)  # fmt: skip
+            return 2
         if exc.errno not in WRITE_FAILURES or config.debug:
             raise
         # A write outside the checkpoint path (step embedding, plot, log) hit a full or read-only

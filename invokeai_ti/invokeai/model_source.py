@@ -35,19 +35,30 @@ def read_models_yaml(root: Path) -> dict[str, dict]:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" (line {line + 1})" if line is not None else ""
         raise ModelError(f"{path} is not valid YAML{where}: fix or remove that file.") from exc
+    except (OSError, UnicodeDecodeError) as exc:  # unreadable, or binary junk
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ModelError(f"{path} cannot be read ({reason}): fix or remove that file.") from exc
     if not isinstance(data, dict):
         raise ModelError(f"{path} does not hold a mapping of model names: fix or remove that file.")
     # 3.x's models.yaml opens with a `__metadata__` mapping that names no model.
-    return {
-        name: entry
+    entries = {
+        str(name): entry
         for name, entry in data.items()
         if isinstance(entry, dict) and not str(name).startswith("__")
     }
+    for name, entry in entries.items():
+        for key in ("path", "weights", "config", "repo_id"):
+            if entry.get(key) is not None and not isinstance(entry[key], str):
+                raise ModelError(
+                    f"{path}: entry '{name}' has {key}: {entry[key]!r}, which is not a path or "
+                    "name: fix that entry."
+                )
+    return entries
 
 
 def list_model_names(root: Path) -> list[str]:

@@ -22,6 +22,9 @@ DB_FILE = "invokeai.db"
 DB_FORMATS = {"diffusers": "diffusers", "checkpoint": "single_file"}  # InvokeAI format -> our kind
 # A writer's commit holds the database for milliseconds; wait that long rather than fail.
 BUSY_TIMEOUT_S = 5.0
+# SQLite's result codes (Python 3.11+ puts them on the exception; 3.10 names none of them).
+SQLITE_BUSY_OR_LOCKED = (5, 6)
+SQLITE_NOTADB = 26  # "file is not a database"
 
 
 @dataclass(frozen=True)
@@ -57,17 +60,24 @@ def read_settings(root: Path) -> RootSettings | None:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f", line {line + 1}" if line is not None else ""
         raise ModelError(
-            f"{path} cannot be read as YAML ({type(exc).__name__}): fix that file."
+            f"{path} cannot be read as YAML ({type(exc).__name__}{where}): fix that file."
         ) from exc
     if not isinstance(data, dict):
-        data = {}
+        raise ModelError(f"{path} does not hold a mapping of settings: fix that file.")
     # 4+ keeps settings at the top level; 3.x nested them under InvokeAI: Paths:.
     nested = data.get("InvokeAI")
     paths = nested.get("Paths") if isinstance(nested, dict) else None
     settings = {**(paths if isinstance(paths, dict) else {}), **data}
+    for key in ("models_dir", "db_dir"):
+        if settings.get(key) is not None and not isinstance(settings[key], str):
+            raise ModelError(
+                f"{path}: {key} is {settings[key]!r}, not a folder path: fix that file."
+            )
     models_dir = path_under(root, settings.get("models_dir") or "models")
     db_dir = path_under(root, settings.get("db_dir") or "databases")
     return RootSettings(models_dir=models_dir, db_path=db_dir / DB_FILE)
@@ -99,12 +109,23 @@ def _query(db_path: Path) -> list[tuple]:
             "SELECT name, base, format, path, config FROM models WHERE type = 'main' ORDER BY rowid"
         ).fetchall()
     except sqlite3.Error as exc:
-        raise ModelError(
-            f"{db_path}: the model records cannot be read ({exc}). If InvokeAI is busy "
-            "migrating it, wait and try again; otherwise pass --model a folder or file."
-        ) from exc
+        raise ModelError(_db_problem(db_path, exc)) from exc
     finally:
         connection.close()
+
+
+def _db_problem(db_path: Path, exc: sqlite3.Error) -> str:
+    """One line for a database that cannot be read: locked, not a database, or another fault
+    (told apart by SQLite's error code, which Python 3.11+ exposes; 3.10 gets the general line)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code in SQLITE_BUSY_OR_LOCKED:
+        return (f"{db_path} is locked by another program (InvokeAI writing or migrating it) for "
+                f"over {BUSY_TIMEOUT_S:g} s: wait and try again, or pass --model a folder or file.")
+    if code == SQLITE_NOTADB:
+        return (f"{db_path} is not an SQLite database (damaged or replaced): restore it from "
+                "InvokeAI's backup, or pass --model a folder or file.")
+    return (f"{db_path}: the model records cannot be read ({exc}): pass --model a folder or "
+            "file, or repair the database in InvokeAI.")
 
 
 def _record(settings: RootSettings, name, base, fmt, path, config) -> RegisteredModel:

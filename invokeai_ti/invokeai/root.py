@@ -18,6 +18,7 @@ DATA_FOLDER = "text-inversion-training-data"
 OUTPUT_FOLDER = "text-inversion-output"
 EMBEDDINGS_FOLDER = "embeddings"
 ROOT_MARKERS = ("invokeai.init", "invokeai.yaml")  # 2.3 and 3+
+NAME_MAX = 255  # bytes in one file or folder name on Linux, macOS and Windows file systems
 
 
 def find_root(root_dir: Path | None) -> Path:
@@ -87,9 +88,19 @@ def check_writable(folder: Path, flag: str) -> None:
     Tries a real write in the nearest existing folder (removed at once, so --dry_run leaves nothing):
     os.access alone says yes to root on a read-only disk, and a path under a regular file passes it.
     """
+    if any(len(os.fsencode(part)) > NAME_MAX for part in folder.parts):
+        raise UserError(
+            f"{flag} {folder} has a name longer than {NAME_MAX} bytes, more than a folder name "
+            "can hold: choose a shorter one."
+        )
     probe_dir = folder
-    while not probe_dir.exists():
-        probe_dir = probe_dir.parent
+    try:
+        while not probe_dir.exists():
+            probe_dir = probe_dir.parent
+    except OSError as exc:  # e.g. a path longer than the system takes
+        raise UserError(
+            f"{flag} {folder} cannot be used ({exc.strerror}): choose another folder."
+        ) from exc
     if not probe_dir.is_dir():
         raise UserError(
             f"{flag} {folder} cannot be created: {probe_dir} is a file, not a folder. "

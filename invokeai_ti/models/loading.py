@@ -76,6 +76,12 @@ def load_components(config: TrainingConfig, source: ModelSource, device: torch.d
         log.warning("--mixed_precision bf16: this CPU has no native bf16 (AVX-512 BF16 or AMX), so "
                     "training will be several times slower than fp32 (it still halves the memory of "
                     "the frozen weights); use --mixed_precision no for speed.")  # fmt: skip
+    if not config.debug:  # a loading bar would put lines on stderr before a one-line error
+        import diffusers.utils.logging
+        import transformers.utils.logging
+
+        transformers.utils.logging.disable_progress_bar()
+        diffusers.utils.logging.disable_progress_bar()
     load = _load_single_file if source.kind == "single_file" else _load_folder
     tokenizers, encoders, unet, vae, noise_scheduler = load(source, config, dtype)
     for module in (*encoders, unet, vae):

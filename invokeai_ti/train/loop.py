@@ -12,6 +12,7 @@ from invokeai_ti.config import TrainingConfig
 from invokeai_ti.data import dataset
 from invokeai_ti.errors import TrainingStopped
 from invokeai_ti.files import export
+from invokeai_ti.files import lock as output_lock
 from invokeai_ti.invokeai.root import logging_path
 from invokeai_ti.report import plot, progress, validation
 from invokeai_ti.report.progress import ProgressReporter, RunResult, format_plan
@@ -28,7 +29,9 @@ def train(config: TrainingConfig) -> RunResult:
     """Set up, loop until the total or a stop request, then write the final files."""
     progress.check_report_to(config.report_to)  # flag problems fail before any model is loaded
     validation.check_validation_prompt(config)
-    with StopRequest() as stop:  # Ctrl-C during setup stops at once; in the loop it saves first
+    # The output folder's lock before the model loads, so a second run fails at once; Ctrl-C
+    # during setup stops at once, in the loop it saves first.
+    with output_lock.hold(config), StopRequest() as stop:
         run = setup(config)
         if config.dry_run:
             return RunResult(0, format_plan(run))
@@ -84,12 +87,20 @@ def loop(run: Run, reporter: ProgressReporter, stop: StopRequest) -> bool:
         if math.isfinite(p.losses[-1]):
             last_good = before  # the newest vectors whose loss was finite
         report_step(run, reporter)
+        if not vectors_finite(run):  # an update overflowed: these vectors are never written
+            raise_nonfinite(run, last_good, reporter)
         periodic_jobs(run, reporter)
         if p.nonfinite_streak >= MAX_NONFINITE_IN_A_ROW:
             raise_nonfinite(run, last_good, reporter)
         if stop.requested:
             return False
+    if p.nonfinite_streak:  # the final vectors gave a non-finite loss: they are not the result
+        raise_nonfinite(run, last_good, reporter)
     return True
+
+
+def vectors_finite(run: Run) -> bool:
+    return all(bool(torch.isfinite(ph.vectors).all()) for ph in run.placeholders)
 
 
 def report_step(run: Run, reporter: ProgressReporter) -> None:
@@ -120,8 +131,16 @@ def periodic_jobs(run: Run, reporter: ProgressReporter) -> None:
 
 
 def raise_nonfinite(run: Run, last_good: list[torch.Tensor], reporter: ProgressReporter) -> None:
-    """Stop with the newest vectors whose loss was finite saved as the run's embedding."""
+    """Stop with the newest vectors whose loss was finite saved as the run's embedding: after
+    10 non-finite losses in a row, when an update made the vectors NaN or infinite, or when the
+    run ended on a non-finite loss."""
     p = run.progress
+    if not vectors_finite(run):
+        cause = f"the vectors became NaN or infinite at step {p.step}"
+    elif p.nonfinite_streak >= MAX_NONFINITE_IN_A_ROW:
+        cause = f"the loss was not finite for {MAX_NONFINITE_IN_A_ROW} steps in a row"
+    else:
+        cause = f"the loss was not finite for the last {p.nonfinite_streak} step(s)"
     with torch.no_grad():
         for placeholder, vectors in zip(run.placeholders, last_good):
             placeholder.vectors.copy_(vectors)
@@ -132,7 +151,6 @@ def raise_nonfinite(run: Run, last_good: list[torch.Tensor], reporter: ProgressR
     reporter.finish({"stopped_at": p.step, "nonfinite_steps": p.nonfinite_steps,
                      "embedding": str(files.main) if files else None}, event="stopped")  # fmt: skip
     raise TrainingStopped(
-        f"the loss was not finite for {MAX_NONFINITE_IN_A_ROW} steps in a row (step {p.step}, "
-        f"{p.nonfinite_steps} skipped in all).{where} Try --mixed_precision bf16, or no (fp32), "
-        "or a lower --learning_rate."
+        f"{cause} (step {p.step}, {p.nonfinite_steps} skipped in all).{where} Try "
+        "--mixed_precision bf16, or no (fp32), or a lower --learning_rate."
     )

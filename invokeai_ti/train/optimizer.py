@@ -5,18 +5,23 @@ from __future__ import annotations
 import torch
 
 from invokeai_ti.config import TrainingConfig
+from invokeai_ti.errors import UserError
+from invokeai_ti.ranges import FLOAT32_MAX
 
 
 def scaled_learning_rate(config: TrainingConfig, world_size: int) -> float:
     """2.3's rule: lr x batch size x accumulation x processes, when --scale_lr (the default)."""
     if not config.scale_lr:
         return config.learning_rate
-    return (
-        config.learning_rate
-        * config.train_batch_size
-        * config.gradient_accumulation_steps
-        * world_size
-    )
+    factor = config.train_batch_size * config.gradient_accumulation_steps * world_size
+    lr = config.learning_rate * factor
+    if lr > FLOAT32_MAX:  # the first update would make the vectors infinite
+        raise UserError(
+            f"--learning_rate {config.learning_rate:g} scaled by --scale_lr (x{factor}) is "
+            f"{lr:g}, more than float32 holds ({FLOAT32_MAX:g}): lower --learning_rate or pass "
+            "--no-scale_lr."
+        )
+    return lr
 
 
 def build_optimizer(

@@ -123,9 +123,11 @@ def check_resume(config: TrainingConfig, components: Components, world_size: int
     if folder is not None:
         what = f"--resume_from_checkpoint {folder}"
         dims, family = components.token_dims, components.family
-        formats.check_token_dims(what, formats.read_embedding(folder, what).dims, dims, family)
+        saved = formats.read_embedding(folder, what)
+        formats.check_token_dims(what, saved.dims, dims, family)
         ckpt.check_fingerprint(folder, ckpt.read_fingerprint(folder),
                                ckpt.fingerprint(config, dims, world_size))  # fmt: skip
+        ckpt.check_vectors(folder, saved.vectors, config.num_vectors)
     return folder
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from invokeai_ti import ranges
 from invokeai_ti.config import LATEST, TrainingConfig
 from invokeai_ti.errors import UserError
 from invokeai_ti.files.previous_run import PreviousRun, find_previous_run, resume_problem
@@ -170,19 +171,17 @@ def initial_values(
     )
 
 
-INT_FIELDS = {
-    "max_train_steps": 1,
-    "train_batch_size": 1,
-    "gradient_accumulation_steps": 1,
-    "lr_warmup_steps": 0,
-    "num_vectors": 1,
-}
+# The form's number fields, checked against the same ranges as the flags (ranges.py).
+NUMBER_FIELDS = ("max_train_steps", "train_batch_size", "gradient_accumulation_steps",
+                 "lr_warmup_steps", "num_vectors", "learning_rate")  # fmt: skip
 
 
 def trigger_problem(trigger: str) -> str | None:
     """Syntax only; whether the tokenizer already knows it is checked at Start."""
     if not trigger:
         return "Required: the word you will use in prompts, e.g. psychedelic."
+    if problem := ranges.folder_name_problem(trigger):  # the CLI's rule, in the same words
+        return f"{problem[0].upper()}{problem[1:]}."
     if any(c.isspace() for c in trigger):
         return "One word without spaces, e.g. my-cat."
     unsafe = "".join(sorted(set(trigger) & FOLDER_UNSAFE))
@@ -212,21 +211,14 @@ def data_dir_problem(folder: Path, count: int | None) -> str | None:
 
 
 def _parse_numbers(values: FormValues, errors: dict[str, str]) -> dict[str, Any]:
+    """The number fields as numbers; a problem is shown under its field without the flag name."""
     numbers: dict[str, Any] = {}
-    for name, minimum in INT_FIELDS.items():
+    for name in NUMBER_FIELDS:
         try:
-            numbers[name] = int(getattr(values, name).strip())
-        except ValueError:
-            errors[name] = "Enter a whole number."
-            continue
-        if numbers[name] < minimum:
-            errors[name] = f"Must be at least {minimum}."
-    try:
-        numbers["learning_rate"] = float(values.learning_rate.strip())
-        if not numbers["learning_rate"] > 0:
-            errors["learning_rate"] = "Must be a positive number such as 5e-4."
-    except ValueError:
-        errors["learning_rate"] = "Enter a number such as 5e-4 or 0.0005."
+            numbers[name] = ranges.parse(name, getattr(values, name))
+        except UserError as exc:
+            message = str(exc).removeprefix(f"{ranges.flag(name)} ")
+            errors[name] = f"{message[0].upper()}{message[1:]}"
     return numbers
 
 
