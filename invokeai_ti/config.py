@@ -28,6 +28,10 @@ EXPORT_FORMATS = ("diffusers", "a1111", "comfyui")
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
 LOG_FORMATS = ("auto", "tqdm", "plain", "json")
 LATEST = "latest"
+OPTIMIZERS = ("adamw", "lion", "prodigy", "schedulefree_adamw")
+EMBEDDING_NORMS = ("free", "keep")
+# Schedule-free AdamW replaces a decaying schedule; it takes a warmup only.
+SCHEDULE_FREE_SCHEDULERS = ("constant", "constant_with_warmup")
 
 
 @dataclass
@@ -80,6 +84,13 @@ class TrainingConfig:
     adam_beta2: float = 0.999
     adam_weight_decay: float = 1e-2
     adam_epsilon: float = 1e-8
+
+    # --- Optimizers and loss (issue 20) ---
+    optimizer: str = "adamw"  # adamw, lion, prodigy (lr-free), schedulefree_adamw
+    max_grad_norm: float = 0.0  # clip the vectors' gradient norm; 0: no clipping
+    min_snr_gamma: float = 0.0  # min-SNR loss weighting (Hang et al. 2023); 0: off
+    noise_offset: float = 0.0  # per-channel offset added to the noise (kohya); 0: off
+    embedding_norm: str = "free"  # free, or keep each vector at the vocabulary's mean norm
 
     # --- Checkpoints and outputs ---
     checkpointing_steps: int = 500
@@ -136,6 +147,7 @@ class TrainingConfig:
         _check_choice("--log_format", self.log_format, LOG_FORMATS)
         for fmt in self.export_format:
             _check_choice("--export_format", fmt, EXPORT_FORMATS)
+        self._validate_learning_options()
         for flag, value in (
             ("--resolution", self.resolution),
             ("--train_batch_size", self.train_batch_size),
@@ -168,6 +180,24 @@ class TrainingConfig:
                 raise UserError(f"{flag} must not be negative, got {value}.")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise UserError("--checkpoints_total_limit must be at least 1 (or left out for no limit).")
+
+    def _validate_learning_options(self) -> None:
+        _check_choice("--optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("--embedding_norm", self.embedding_norm, EMBEDDING_NORMS)
+        for flag, value, top in (
+            ("--max_grad_norm", self.max_grad_norm, None),
+            ("--min_snr_gamma", self.min_snr_gamma, None),
+            ("--noise_offset", self.noise_offset, 1.0),
+        ):
+            # `not 0 <= x` also catches NaN, which every comparison fails.
+            if not (0 <= value < float("inf")) or (top is not None and value > top):
+                limit = f"0 to {top:g}" if top is not None else "0 or more"
+                raise UserError(f"{flag} must be {limit} (0: off), got {value}.")
+        if self.optimizer == "schedulefree_adamw" and self.lr_scheduler not in SCHEDULE_FREE_SCHEDULERS:
+            raise UserError(
+                f"--optimizer schedulefree_adamw replaces the decay of --lr_scheduler "
+                f"{self.lr_scheduler}: use --lr_scheduler constant or constant_with_warmup."
+            )
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -20,12 +20,14 @@ from typing import NoReturn
 
 from invokeai_ti import __version__
 from invokeai_ti.config import (
+    EMBEDDING_NORMS,
     EXPORT_FORMATS,
     LATEST,
     LEARNABLE_PROPERTIES,
     LOG_FORMATS,
     LR_SCHEDULERS,
     MIXED_PRECISIONS,
+    OPTIMIZERS,
     REPORT_TO,
     TrainingConfig,
 )
@@ -153,6 +155,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--adam_weight_decay", type=float, default=d.adam_weight_decay,
                    help="AdamW weight decay")
     g.add_argument("--adam_epsilon", type=float, default=d.adam_epsilon, help="AdamW epsilon")
+
+    g = p.add_argument_group("Optimizers and loss")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
+                   help="adamw; lion (use a 3-10x lower lr); prodigy (estimates the step size: "
+                   "--learning_rate 1 --no-scale_lr); schedulefree_adamw (no decay schedule)")
+    g.add_argument("--max_grad_norm", type=float, default=d.max_grad_norm,
+                   help="clip the vectors' gradient to this norm (0: no clipping)")
+    g.add_argument("--min_snr_gamma", type=float, default=d.min_snr_gamma,
+                   help="min-SNR loss weighting, 5 is usual (0: off)")
+    g.add_argument("--noise_offset", type=float, default=d.noise_offset,
+                   help="offset noise, e.g. 0.05, for very dark or light images (0: off)")
+    g.add_argument("--embedding_norm", choices=EMBEDDING_NORMS, default=d.embedding_norm,
+                   help="free, or keep each vector at the vocabulary's mean norm and learn its "
+                   "direction only")
 
     g = p.add_argument_group("Checkpoints and outputs")
     g.add_argument("--checkpointing_steps", type=int, default=d.checkpointing_steps,

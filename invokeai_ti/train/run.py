@@ -38,6 +38,7 @@ class Run:
     initial_vectors: list[torch.Tensor] | None = None  # the initializer's, for the quality report
     saved_step: int = -1  # the step whose checkpoint is on disk already (not written twice)
     resume_changes: list[str] = field(default_factory=list)  # flags changed since the checkpoint
+    target_norms: list[float] | None = None  # --embedding_norm keep: one per text encoder
 
     @property
     def is_main(self) -> bool:
