@@ -117,6 +117,8 @@ def test_min_snr_weights_follow_the_formula_for_epsilon_and_v():
     assert torch.allclose(v, torch.minimum(snr, torch.tensor(5.0)) / (snr + 1))
     assert torch.allclose(v[2:], torch.tensor([0.5, snr[3] / (snr[3] + 1)]))
     assert min_snr_weights(alphas_cumprod, t, 0.0, "epsilon") is None
+    zero_terminal = min_snr_weights(torch.tensor([0.5, 0.0]), torch.tensor([0, 1]), 5.0, "epsilon")
+    assert torch.equal(zero_terminal, torch.tensor([1.0, 1.0]))  # the limit, not 0/0
 
 
 def test_weighted_mse_is_the_plain_mse_when_off_and_weights_each_sample():

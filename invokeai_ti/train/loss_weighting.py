@@ -33,7 +33,10 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float,
     alpha_bar = alphas_cumprod.to(t.device)[t].float()
     snr = alpha_bar / (1 - alpha_bar)
     clamped = torch.clamp(snr, max=gamma)
-    return clamped / (snr + 1) if prediction_type == "v_prediction" else clamped / snr
+    if prediction_type == "v_prediction":
+        return clamped / (snr + 1)
+    # A zero-terminal-SNR schedule's last step has SNR 0, where min(SNR, gamma) / SNR tends to 1.
+    return torch.where(snr > 0, clamped / snr.clamp(min=torch.finfo(snr.dtype).tiny), 1.0)
 
 
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor,
