@@ -330,3 +330,15 @@ def test_min_snr_on_a_v_prediction_model_trains(cli, tmp_path, tiny_sd2, concept
     result = cli(*flags(root, out, "--max_train_steps", "2", "--min_snr_gamma", "5"))
     assert result.code == 0, result.err
     assert torch.isfinite(torch.load(out / "learned_embeds.bin", weights_only=True)[TOKEN]).all()
+
+
+def test_min_snr_and_noise_offset_change_the_loss_of_a_real_step(cli, root, tmp_path):
+    """The same first step (seed, images, draws) three ways: min-SNR weights are at most 1, so
+    its loss is lower; the offset noise is another target, so its loss differs."""
+    first = {}
+    for name, extra in (("plain", ()), ("snr", ("--min_snr_gamma", "0.5")),
+                        ("offset", ("--noise_offset", "0.5"))):  # fmt: skip
+        out = tmp_path / name
+        assert cli(*flags(root, out, "--max_train_steps", "1", *extra)).code == 0
+        first[name] = final_state(out)[0]["progress"]["losses"][0]
+    assert first["snr"] < first["plain"] and first["offset"] != first["plain"]
