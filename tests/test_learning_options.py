@@ -4,6 +4,7 @@ formula or the reference package), resumes bit-exactly, and is refused in one li
 
 from __future__ import annotations
 
+import logging
 import math
 from types import SimpleNamespace
 
@@ -149,7 +150,8 @@ def _fake_run(vectors: torch.nn.Parameter, optimizer, config: TrainingConfig) ->
                            progress=SimpleNamespace(step=0), target_norms=None)  # fmt: skip
 
 
-def test_max_grad_norm_clips_the_gradient_the_optimizer_sees():
+def test_max_grad_norm_clips_the_gradient_the_optimizer_sees(caplog):
+    caplog.set_level(logging.DEBUG, logger="invokeai_ti")
     vectors = torch.nn.Parameter(torch.zeros(2, 4))
     seen = []
 
@@ -165,6 +167,8 @@ def test_max_grad_norm_clips_the_gradient_the_optimizer_sees():
         opt.update_vectors(run)
         unclipped = math.sqrt(8) * grad_scale
         assert seen[-1] == pytest.approx(expected if expected is not None else unclipped, rel=1e-6)
+    clipped = [r.getMessage() for r in caplog.records if "clipped" in r.getMessage()]
+    assert clipped == ["step 0: gradient norm 28.28 clipped to 0.5."]  # --debug only, once
 
 
 @pytest.mark.parametrize("name", ["adamw", "lion", "prodigy", "schedulefree_adamw"])
