@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import TINY_FLAGS
 from test_checkpoint import TOKEN, assert_same_run, final_state, flags, interrupt_after, learned
 
 from invokeai_ti.config import TrainingConfig
@@ -348,3 +349,23 @@ def test_min_snr_and_noise_offset_change_the_loss_of_a_real_step(cli, root, tmp_
         assert cli(*flags(root, out, "--max_train_steps", "1", *extra)).code == 0
         first[name] = final_state(out)[0]["progress"]["losses"][0]
     assert first["snr"] < first["plain"] and first["offset"] != first["plain"]
+
+
+@pytest.mark.slow
+def test_two_processes_with_every_option_train_like_one(cli, root, tmp_path):
+    """The offset noise is drawn for the global batch and sliced, min-SNR weights each sample, the
+    clip and Prodigy's estimate see the summed gradient: 2 processes at batch 1 = 1 at batch 2."""
+    from test_multiprocess import _launch
+
+    common = ["--root_dir", str(root), "--placeholder_token", TOKEN, *TINY_FLAGS,
+              "--validation_steps", "0", "--no-copy", "--optimizer", "prodigy", "--learning_rate", "1", "--no-scale_lr",
+              "--noise_offset", "0.1", "--min_snr_gamma", "5", "--max_grad_norm", "0.05",
+              "--embedding_norm", "keep"]  # fmt: skip
+    two = _launch(2, *common, "--train_batch_size", "1", "--output_dir", str(tmp_path / "two"))
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stderr.count("Training on 2 processes") == 1
+    assert cli(*common, "--train_batch_size", "2", "--output_dir", tmp_path / "one").code == 0
+    losses_two, losses_one = (final_state(tmp_path / name)[0]["progress"]["losses"]
+                              for name in ("two", "one"))  # fmt: skip
+    assert losses_two == pytest.approx(losses_one, rel=1e-5)
+    assert torch.allclose(learned(tmp_path / "two"), learned(tmp_path / "one"), atol=1e-6)
