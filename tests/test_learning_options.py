@@ -358,7 +358,8 @@ def test_two_processes_with_every_option_train_like_one(cli, root, tmp_path):
     from test_multiprocess import _launch
 
     common = ["--root_dir", str(root), "--placeholder_token", TOKEN, *TINY_FLAGS,
-              "--validation_steps", "0", "--no-copy", "--optimizer", "prodigy", "--learning_rate", "1", "--no-scale_lr",
+              "--validation_steps", "0", "--no-copy", "--optimizer", "prodigy",
+              "--learning_rate", "1", "--no-scale_lr",
               "--noise_offset", "0.1", "--min_snr_gamma", "5", "--max_grad_norm", "0.05",
               "--embedding_norm", "keep"]  # fmt: skip
     two = _launch(2, *common, "--train_batch_size", "1", "--output_dir", str(tmp_path / "two"))
