@@ -29,6 +29,10 @@ EXPORT_FORMATS = ("diffusers", "a1111", "comfyui")
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
 LOG_FORMATS = ("auto", "tqdm", "plain", "json")
 LATEST = "latest"
+OPTIMIZERS = ("adamw", "lion", "prodigy", "schedulefree_adamw")
+EMBEDDING_NORMS = ("free", "keep")
+# Schedule-free AdamW replaces a decaying schedule; it takes a warmup only.
+SCHEDULE_FREE_SCHEDULERS = ("constant", "constant_with_warmup")
 
 
 @dataclass
@@ -82,6 +86,13 @@ class TrainingConfig:
     adam_weight_decay: float = 1e-2
     adam_epsilon: float = 1e-8
 
+    # --- Optimizers and loss (issue 20) ---
+    optimizer: str = "adamw"  # adamw, lion, prodigy (lr-free), schedulefree_adamw
+    max_grad_norm: float = 0.0  # clip the vectors' gradient norm; 0: no clipping
+    min_snr_gamma: float = 0.0  # min-SNR loss weighting (Hang et al. 2023); 0: off
+    noise_offset: float = 0.0  # per-channel offset added to the noise (kohya); 0: off
+    embedding_norm: str = "free"  # free, or keep each vector at the vocabulary's mean norm
+
     # --- Checkpoints and outputs ---
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = None
@@ -126,6 +137,11 @@ class TrainingConfig:
 
     def validate(self) -> None:
         """Reject settings no run can use; each message names the flag and what to do."""
+        for name, value in vars(self).items():
+            # No file system takes a NUL in a name; the OS call would raise ValueError, not OSError.
+            if isinstance(value, Path | str) and "\x00" in str(value):
+                raise UserError(f"--{name} holds a NUL character (\\x00), which no file name can: "
+                                "type the value again.")  # fmt: skip
         if not self.placeholder_token:
             raise UserError("--placeholder_token is required: give the trigger term, e.g. '<my-cat>'.")
         if problem := ranges.folder_name_problem(self.trigger):
@@ -143,6 +159,16 @@ class TrainingConfig:
         for fmt in self.export_format:
             _check_choice("--export_format", fmt, EXPORT_FORMATS)
         ranges.check_settings(self)
+        self._validate_learning_options()
+
+    def _validate_learning_options(self) -> None:
+        _check_choice("--optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("--embedding_norm", self.embedding_norm, EMBEDDING_NORMS)
+        if self.optimizer == "schedulefree_adamw" and self.lr_scheduler not in SCHEDULE_FREE_SCHEDULERS:
+            raise UserError(
+                f"--optimizer schedulefree_adamw replaces the decay of --lr_scheduler "
+                f"{self.lr_scheduler}: use --lr_scheduler constant or constant_with_warmup."
+            )
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

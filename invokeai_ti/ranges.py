@@ -94,6 +94,9 @@ RANGES: dict[str, Range] = {
     "log_every_steps": _count(),
     "num_validation_images": _count("each is a full denoising run", low=0, high=64),
     "validation_steps": _count("0 turns validation off", low=0, optional=True),
+    "max_grad_norm": _real(0, FLOAT32_MAX, "0 turns clipping off"),
+    "min_snr_gamma": _real(0, FLOAT32_MAX, "0 turns the weighting off; 5 is usual"),
+    "noise_offset": _real(0, 1, "0 turns it off; 0.05-0.1 is usual"),
     "evaluation_budget": _real(0, 1e6, "a fraction of the training time, or 'none' for no limit",
                                optional=True),  # fmt: skip
 }

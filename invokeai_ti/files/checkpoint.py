@@ -31,7 +31,8 @@ STATE_FILE = "state.json"
 TENSORS_FILE = "vectors.safetensors"
 # What a checkpoint's vectors belong to: a resume must match every key. The flags among them are
 # named as flags in the refusal; token_dims and world_size come from the model and the launcher.
-FINGERPRINT_FLAGS = ("model", "placeholder_token", "num_vectors", "resolution")
+# --optimizer too: another optimizer cannot continue from this one's state.
+FINGERPRINT_FLAGS = ("model", "placeholder_token", "num_vectors", "resolution", "optimizer")
 
 
 @dataclass
@@ -236,11 +237,14 @@ def load_checkpoint(folder: Path) -> CheckpointState:
 
 def check_fingerprint(folder: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuse a resume whose vectors belong to another model, token, count, size or process count."""
+    # A key newer than the checkpoint is read as its default: checkpoints from before --optimizer
+    # existed were all written by AdamW.
+    saved = {key: saved.get(key, getattr(TrainingConfig, key, None)) for key in current}
     differences = [
-        f"{'--' if key in FINGERPRINT_FLAGS else ''}{key}: checkpoint has {saved.get(key)!r}, "
+        f"{'--' if key in FINGERPRINT_FLAGS else ''}{key}: checkpoint has {saved[key]!r}, "
         f"this run has {current[key]!r}"
         for key in current
-        if saved.get(key) != current[key]
+        if saved[key] != current[key]
     ]
     if differences:
         raise ResumeError(

@@ -20,12 +20,14 @@ from typing import NoReturn
 
 from invokeai_ti import __version__, ranges
 from invokeai_ti.config import (
+    EMBEDDING_NORMS,
     EXPORT_FORMATS,
     LATEST,
     LEARNABLE_PROPERTIES,
     LOG_FORMATS,
     LR_SCHEDULERS,
     MIXED_PRECISIONS,
+    OPTIMIZERS,
     REPORT_TO,
     TrainingConfig,
 )
@@ -178,6 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     _number(g, "--adam_beta2", help="AdamW beta2")
     _number(g, "--adam_weight_decay", help="AdamW weight decay")
     _number(g, "--adam_epsilon", help="AdamW epsilon")
+
+    g = p.add_argument_group("Optimizers and loss")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
+                   help="adamw; lion (use a 3-10x lower lr); prodigy (estimates the step size: "
+                   "--learning_rate 1 --no-scale_lr); schedulefree_adamw (no decay schedule)")
+    _number(g, "--max_grad_norm", help="clip the vectors' gradient to this norm (0: no clipping)")
+    _number(g, "--min_snr_gamma", help="min-SNR loss weighting, 5 is usual (0: off)")
+    _number(g, "--noise_offset",
+            help="offset noise, e.g. 0.05, for very dark or light images (0: off)")
+    g.add_argument("--embedding_norm", choices=EMBEDDING_NORMS, default=d.embedding_norm,
+                   help="free, or keep each vector at the vocabulary's mean norm and learn its "
+                   "direction only")
 
     g = p.add_argument_group("Checkpoints and outputs")
     _number(g, "--checkpointing_steps", help="save a resumable checkpoint every N steps")

@@ -292,9 +292,22 @@ def format_plan(run: Any) -> list[str]:
         f"({run.micro_per_epoch} batches per epoch, {len(used)} images x {cfg.repeats} repeats); "
         f"effective batch {cfg.train_batch_size * cfg.gradient_accumulation_steps * run.world_size}.",
         f"Learning rate: {run.learning_rate:.6g} ({lr_rule}), {cfg.lr_scheduler} schedule.",
+        learning_options(cfg, run.target_norms),
         f"Outputs: {cfg.output_dir} (formats {', '.join(cfg.export_format)}, checkpoint-N every "
         f"{cfg.checkpointing_steps} steps){copy}. Nothing was written.",
     ]  # fmt: skip
+
+
+def learning_options(cfg: Any, target_norms: list[float] | None) -> str:
+    """The plan's line for --optimizer, --max_grad_norm, --min_snr_gamma, --noise_offset and
+    --embedding_norm, each with what it does in this run."""
+    off = "off"
+    norm = ("kept at " + ", ".join(f"{n:.4g}" for n in target_norms) + " (vocabulary mean)"
+            if target_norms else "free")
+    return (f"Optimizer {cfg.optimizer}; gradient clipping "
+            f"{f'at norm {cfg.max_grad_norm:g}' if cfg.max_grad_norm else off}; min-SNR weighting "
+            f"{f'gamma {cfg.min_snr_gamma:g}' if cfg.min_snr_gamma else off}; noise offset "
+            f"{f'{cfg.noise_offset:g}' if cfg.noise_offset else off}; embedding norm {norm}.")  # fmt: skip
 
 
 def describe_outputs(progress: Any, files: Any, observed: Any) -> list[str]:

@@ -43,6 +43,7 @@ class Run:
     budget: EvaluationBudget | None = None  # what grids and the report may spend (train() sets it)
     initial_grid_pending: bool = False  # the step-0 grid is owed (drawn when the budget allows)
     skipped_grids: int = 0  # periodic grids the budget had no room for
+    target_norms: list[float] | None = None  # --embedding_norm keep: one per text encoder
 
     @property
     def is_main(self) -> bool:

@@ -14,6 +14,7 @@ from invokeai_ti.files import checkpoint as ckpt
 from invokeai_ti.files import export, pipeline
 from invokeai_ti.files.atomic import check_disk_error
 from invokeai_ti.report.progress import ProgressReporter, RunResult
+from invokeai_ti.train.optimizer import FLAG_HYPERPARAMETERS
 from invokeai_ti.train.run import Run
 from invokeai_ti.train.stopping import StopRequest
 
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 RESUMABLE_CHANGES = ("learning_rate", "scale_lr", "adam_beta1", "adam_beta2", "adam_epsilon",
                      "adam_weight_decay", "lr_scheduler", "lr_warmup_steps", "lr_num_cycles",
                      "train_batch_size", "gradient_accumulation_steps", "repeats",
-                     "num_train_epochs")  # fmt: skip
+                     "num_train_epochs", "max_grad_norm", "min_snr_gamma", "noise_offset",
+                     "embedding_norm")  # fmt: skip
 
 
 def resume(run: Run, folder: Path) -> None:
@@ -36,7 +38,7 @@ def resume(run: Run, folder: Path) -> None:
         for placeholder, vectors in zip(run.placeholders, saved.vectors):
             placeholder.vectors.copy_(vectors)
     # load_state_dict brings back the saved lr, betas, eps and decay; the flags' values win.
-    wanted = [{k: v for k, v in g.items() if k != "params"} for g in run.optimizer.param_groups]
+    wanted = [{k: g[k] for k in FLAG_HYPERPARAMETERS if k in g} for g in run.optimizer.param_groups]
     run.optimizer.load_state_dict(saved.optimizer)
     for group, hyper in zip(run.optimizer.param_groups, wanted):
         group.pop("initial_lr", None)  # the schedule is rebuilt from the new lr

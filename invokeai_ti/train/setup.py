@@ -74,6 +74,8 @@ def setup(config: TrainingConfig) -> Run:
               state.num_processes, lr)  # fmt: skip
     run.initial_vectors = [ph.detached() for ph in placeholders]  # before resume overwrites them
     run.seconds = seconds
+    if config.embedding_norm == "keep":  # from the frozen table, so a resume computes the same
+        run.target_norms = [optimizer.vocabulary_norm(ph.lookup.weight) for ph in placeholders]
     # 9. Resume last: it loads into the optimizer and may move the schedule's start.
     if resume_folder is not None:
         saving.resume(run, resume_folder)

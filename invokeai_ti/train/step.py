@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from invokeai_ti.data import dataset
 from invokeai_ti.models.denoising import prediction_and_target
+from invokeai_ti.train.loss_weighting import min_snr_weights, offset_noise, weighted_mse
+from invokeai_ti.train.optimizer import to_eval_point, to_train_point, update_vectors
 from invokeai_ti.train.run import Run
 
 
@@ -24,13 +25,15 @@ def train_step(run: Run, samples: list[dataset.Sample], generator: torch.Generat
     noise = torch.randn((global_b, *shape), generator=generator)[mine].to(device)
     t = torch.randint(0, c.noise_scheduler.config.num_train_timesteps, (global_b,),
                       generator=generator)[mine].to(device)  # fmt: skip
+    noise = offset_noise(noise, run.config.noise_offset, generator, global_b, mine)
     image_index = torch.tensor([s.image_index for s in samples])
     flipped = torch.tensor([s.flipped for s in samples])
     templates = torch.tensor([s.template_index for s in samples], device=device)
     x0 = run.latent_source.draw(image_index, flipped, latent_draw)  # [B, 4, h, w] scaled
     time_ids = run.time_ids[image_index] if run.time_ids is not None else None
     pred, target = prediction_and_target(c, x0, noise, t, run.prompt_ids, templates, time_ids)
-    return F.mse_loss(pred, target)
+    return weighted_mse(pred, target, min_snr_weights(c.noise_scheduler.alphas_cumprod, t,
+                                                      run.config.min_snr_gamma, c.prediction_type))
 
 
 def optimizer_step(run: Run, samples_of_epoch: list[dataset.Sample]) -> float:
@@ -45,6 +48,7 @@ def optimizer_step(run: Run, samples_of_epoch: list[dataset.Sample]) -> float:
     global_batch = cfg.train_batch_size * run.world_size
     step_samples = min(count * global_batch, len(samples_of_epoch) - p.position * global_batch)
     total_loss = torch.zeros((), device=run.components.device)
+    to_train_point(run.optimizer)  # schedule-free AdamW's gradient point; a no-op for the others
     for micro in range(count):
         samples = dataset.micro_batch(samples_of_epoch, p.position, cfg.train_batch_size,
                                       run.rank, run.world_size)  # fmt: skip
@@ -66,13 +70,13 @@ def optimizer_step(run: Run, samples_of_epoch: list[dataset.Sample]) -> float:
     grads_finite = run.scaler.is_enabled() or all(
         q.grad is None or bool(torch.isfinite(q.grad).all()) for q in params)  # fmt: skip
     if math.isfinite(loss) and grads_finite:
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
+        update_vectors(run)  # clip, step, hold the norm
         p.nonfinite_streak = 0
     else:
         p.nonfinite_steps += 1
         p.nonfinite_streak += 1
     run.optimizer.zero_grad(set_to_none=True)
+    to_eval_point(run.optimizer)
     run.schedule.step()
     p.step += 1
     if p.position >= run.micro_per_epoch:
