@@ -51,6 +51,16 @@ class TrainingConfig:
     dataloader_num_workers: int = 0  # threads used to decode images at setup
     cache_latents: bool = True
 
+    # --- Captions, masks and config files (kohya's flag names, which their users know) ---
+    caption_extension: str | None = None  # e.g. ".txt": cat.png's caption is cat.txt
+    template_file: Path | None = None  # one prompt template a line; None: built-in templates
+    shuffle_caption: bool = False  # shuffle a caption's comma-separated tags every time
+    keep_tokens: int = 0  # tags at the caption's start that the shuffle keeps in place
+    caption_dropout_rate: float = 0.0  # share of samples trained with no caption
+    alpha_mask: bool = False  # weight the loss by each image's alpha channel
+    mask_extension: str | None = None  # e.g. "_mask.png": cat.png's loss mask is cat_mask.png
+    config: Path | None = None  # the .toml/.yaml file the flags were read from, if any
+
     # --- Trigger term ---
     placeholder_token: str | None = None
     learnable_property: str = "object"
@@ -166,6 +176,13 @@ class TrainingConfig:
         ):
             if value < 0:
                 raise UserError(f"{flag} must not be negative, got {value}.")
+        if self.keep_tokens < 0:
+            raise UserError(f"--keep_tokens must not be negative, got {self.keep_tokens}.")
+        if not 0 <= self.caption_dropout_rate <= 1:
+            raise UserError(f"--caption_dropout_rate must be between 0 and 1, got "
+                            f"{self.caption_dropout_rate}.")  # fmt: skip
+        if self.alpha_mask and self.mask_extension:
+            raise UserError("--alpha_mask and --mask_extension both give a loss mask: use one.")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise UserError("--checkpoints_total_limit must be at least 1 (or left out for no limit).")
 

@@ -59,9 +59,11 @@ class TrainingImages:
     pixels: torch.Tensor  # [num_images, 2 (plain, flipped), 3, H, W] float32
     skipped: list[tuple[Path, str]]
     sizes: list[tuple[int, int]] = field(default_factory=list)  # (height, width) as decoded: SDXL
+    masks: torch.Tensor | None = None  # [num_images, 2, 1, H, W] loss weights (data/masks.py)
 
 
-def find_image_files(data_dir: Path) -> list[Path]:
+def find_image_files(data_dir: Path, mask_extension: str | None = None) -> list[Path]:
+    """The images directly in `data_dir`, without the --mask_extension files beside them."""
     if not data_dir.exists():
         raise DataError(
             f"--train_data_dir {data_dir} does not exist: create it and put 3-20 images of your "
@@ -79,6 +81,9 @@ def find_image_files(data_dir: Path) -> list[Path]:
             files.append(entry)
         else:
             others.append(entry.name)
+    if mask_extension:  # cat_mask.png is cat.png's mask, not a training image
+        masks = {image.with_name(image.stem + mask_extension) for image in files}
+        files = [image for image in files if image not in masks]
     if subfolders:
         log.info("Sub-folders of %s are not read: %s", data_dir, ", ".join(subfolders))
     if not files:
@@ -148,19 +153,25 @@ def to_pixels(image, resolution: int, center_crop: bool) -> torch.Tensor:
     from PIL import Image
 
     if center_crop:
-        side = min(image.size)
-        left, top = (image.width - side) // 2, (image.height - side) // 2
-        image = image.crop((left, top, left + side, top + side))
+        image = square_crop(image)
     image = image.resize((resolution, resolution), resample=Image.Resampling.BICUBIC)
     array = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
     return torch.stack([array, array.flip(-1)])
 
 
+def square_crop(image):
+    """The centred square of a PIL image (--center_crop); masks are cropped by the same rule."""
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    return image.crop((left, top, left + side, top + side))
+
+
 def load_training_images(
-    data_dir: Path, resolution: int, center_crop: bool, num_workers: int = 0
+    data_dir: Path, resolution: int, center_crop: bool, num_workers: int = 0,
+    mask_extension: str | None = None,
 ) -> TrainingImages:
     """Decode every image; unreadable ones are skipped with a warning, none left is an error."""
-    files = find_image_files(data_dir)
+    files = find_image_files(data_dir, mask_extension)
 
     def prepare(path: Path) -> tuple[torch.Tensor, tuple[int, int]] | str:
         try:
@@ -201,6 +212,7 @@ class Sample:
     image_index: int
     flipped: int  # 0 or 1: which flip state's latents to use
     template_index: int
+    caption_seed: int = 0  # seeds the caption's shuffle and dropout (data/captions.py)
 
 
 def epoch_samples(
@@ -213,7 +225,9 @@ def epoch_samples(
     order = torch.randperm(length, generator=generator).tolist()
     flips = torch.randint(0, 2, (length,), generator=generator).tolist()
     templates = torch.randint(0, num_templates, (length,), generator=generator).tolist()
-    return [Sample(i % num_images, f, t) for i, f, t in zip(order, flips, templates)]
+    # Drawn last, so the order, flips and templates are those of runs before captions existed.
+    seeds = torch.randint(0, 2**31, (length,), generator=generator).tolist()
+    return [Sample(i % num_images, f, t, s) for i, f, t, s in zip(order, flips, templates, seeds)]
 
 
 def micro_batches_per_epoch(num_images: int, repeats: int, batch_size: int, world_size: int) -> int:

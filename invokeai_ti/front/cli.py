@@ -30,6 +30,7 @@ from invokeai_ti.config import (
     TrainingConfig,
 )
 from invokeai_ti.errors import UserError
+from invokeai_ti.front import config_file
 from invokeai_ti.invokeai.root import absolute_path
 
 PROG = "invokeai-ti"
@@ -107,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="threads that decode images")
     g.add_argument("--cache_latents", action=on_off, default=d.cache_latents,
                    help="encode each image once with the VAE, then free the VAE")
+
+    _add_caption_mask_config_flags(p, d)
 
     g = p.add_argument_group("Trigger term")
     g.add_argument("--placeholder_token", "--trigger_term", dest="placeholder_token",
@@ -199,8 +202,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_caption_mask_config_flags(p: argparse.ArgumentParser, d: TrainingConfig) -> None:
+    """Issue 19's flags in one block, with kohya's names where kohya has the flag."""
+    g = p.add_argument_group("Captions, masks and config files")
+    g.add_argument("--config", type=Path, metavar="FILE",
+                   help="read flags from a .toml or .yaml file (names without dashes); flags "
+                   "given here win; every run writes its own into the output folder")
+    g.add_argument("--caption_extension", metavar="EXT",
+                   help="read each image's caption from a file beside it, e.g. .txt (cat.png -> cat.txt)")
+    g.add_argument("--template_file", type=Path, metavar="FILE",
+                   help="prompt templates, one a line, with {trigger}/[name] and {caption}/[filewords] "
+                   "(default: built-in object/style templates, then ', caption' with captions)")
+    g.add_argument("--shuffle_caption", action=argparse.BooleanOptionalAction,
+                   default=d.shuffle_caption, help="shuffle each caption's comma-separated tags")
+    g.add_argument("--keep_tokens", type=int, default=d.keep_tokens,
+                   help="tags at the start of a caption that --shuffle_caption keeps in place")
+    g.add_argument("--caption_dropout_rate", type=float, default=d.caption_dropout_rate,
+                   help="share of samples trained without their caption (0-1)")
+    g.add_argument("--alpha_mask", action=argparse.BooleanOptionalAction, default=d.alpha_mask,
+                   help="weight the loss by each image's alpha channel (transparent: not learned)")
+    g.add_argument("--mask_extension", metavar="EXT",
+                   help="weight the loss by a mask image beside each image, e.g. _mask.png "
+                   "(cat.png -> cat_mask.png; white: learned, black: not)")
+
+
 def parse_config(argv: Sequence[str] | None = None) -> tuple[TrainingConfig, argparse.Namespace]:
-    args = build_parser().parse_args(argv)
+    """Flags -> TrainingConfig; a --config file's values stand in for the defaults, so every flag
+    given on the command line wins over the file."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config is not None:
+        args = config_file.apply_config_file(parser, argv, absolute_path(str(args.config)))
     values = {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(TrainingConfig)
@@ -210,7 +242,11 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[TrainingConfig, arg
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config, args = parse_config(argv)
+    try:
+        config, args = parse_config(argv)
+    except UserError as exc:  # a bad --config file: one line, as argparse says a bad flag
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     _setup_logging(config.debug)
     try:
         return _dispatch(config, args)

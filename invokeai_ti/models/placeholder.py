@@ -116,10 +116,10 @@ def prompt_text(config: TrainingConfig) -> str:
 def encode_prompts(
     components: Any,
     prompt_ids: list[torch.Tensor],
-    template_index: torch.Tensor,
     time_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-    """UNet conditioning for a batch of prompt templates, read with the current vectors.
+    """UNet conditioning for a batch of prompts (ids [B, 77] per tokenizer), read with the current
+    vectors.
 
     SD1/SD2: the last hidden state of the one encoder, [B, 77, dim]. SDXL (two encoders) conditions
     as its pipeline does at inference: both encoders' penultimate hidden states side by side
@@ -128,9 +128,9 @@ def encode_prompts(
     """
     encoders = components.text_encoders
     if len(encoders) == 1:
-        return encoders[0](prompt_ids[0][template_index])[0], None
+        return encoders[0](prompt_ids[0])[0], None
     outputs = [
-        encoder(ids[template_index], output_hidden_states=True)
+        encoder(ids, output_hidden_states=True)
         for encoder, ids in zip(encoders, prompt_ids)
     ]
     hidden = torch.cat([out.hidden_states[-2] for out in outputs], dim=-1)

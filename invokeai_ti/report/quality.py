@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from invokeai_ti.data import latents
+from invokeai_ti.data.captions import Prompts
 from invokeai_ti.files.atomic import atomic_write_text
-from invokeai_ti.models.denoising import prediction_and_target
+from invokeai_ti.models.denoising import per_sample_loss, prediction_and_target
 from invokeai_ti.models.loading import Components
 from invokeai_ti.models.placeholder import Placeholder
 
@@ -54,20 +55,24 @@ def make_draws(num_images: int, num_templates: int, latent_shape: tuple[int, ...
 
 @torch.no_grad()
 def denoising_loss(components: Components, latent_source: latents.LatentSource,
-                   prompt_ids: list[torch.Tensor], time_ids: torch.Tensor | None, draws: Draws,
+                   prompts: Prompts, time_ids: torch.Tensor | None, draws: Draws,
                    batch_size: int) -> float:  # fmt: skip
-    """Mean of the training objective (train_step's MSE) over `draws`; a test keeps the two equal."""
+    """Mean of the training objective (train_step's loss) over `draws`, with each image's whole
+    caption (no shuffle or dropout) and its loss mask; a test keeps the two equal."""
     c, device = components, components.device
     total = 0.0
     for start in range(0, len(draws.t), batch_size):
         part = slice(start, start + batch_size)
         t = draws.t[part].to(device)
-        x0 = latent_source.draw(draws.image_index[part], draws.flipped[part], draws.latent_noise[part])
+        images, flipped = draws.image_index[part], draws.flipped[part]
+        x0 = latent_source.draw(images, flipped, draws.latent_noise[part])
         noise = draws.noise[part].to(device)
-        templates = draws.template_index[part].to(device)
-        image_time_ids = time_ids[draws.image_index[part]] if time_ids is not None else None
-        pred, target = prediction_and_target(c, x0, noise, t, prompt_ids, templates, image_time_ids)
-        total += (pred - target).pow(2).mean(dim=(1, 2, 3)).sum().item()
+        texts = [prompts.text(i, k) for i, k in zip(images.tolist(),
+                                                    draws.template_index[part].tolist())]  # fmt: skip
+        prompt_ids = prompts.token_ids(texts, c.tokenizers, device)
+        image_time_ids = time_ids[images] if time_ids is not None else None
+        pred, target = prediction_and_target(c, x0, noise, t, prompt_ids, image_time_ids)
+        total += per_sample_loss(pred, target, latent_source.weights(images, flipped)).sum().item()
     return total / len(draws.t)
 
 
@@ -91,14 +96,14 @@ class QualityReport:
 
 
 def quality_report(components: Components, placeholders: list[Placeholder],
-                   latent_source: latents.LatentSource, prompt_ids: list[torch.Tensor],
+                   latent_source: latents.LatentSource, prompts: Prompts,
                    time_ids: torch.Tensor | None, initial: list[torch.Tensor], step: int,
                    batch_size: int, seed: int = EVAL_SEED) -> QualityReport:  # fmt: skip
     """The denoising loss on the same draws with the initializer's vectors and with the current
     (learned) ones; the placeholders hold the learned vectors again afterwards."""
     cached = latent_source.mean if latent_source.mean is not None else latent_source.pixels
     num_images = cached.shape[0]
-    draws = make_draws(num_images, prompt_ids[0].shape[0], latent_source.latent_shape,
+    draws = make_draws(num_images, prompts.num_templates, latent_source.latent_shape,
                        components.noise_scheduler.config.num_train_timesteps, seed)  # fmt: skip
     learned = [ph.detached() for ph in placeholders]
     losses = {}
@@ -106,7 +111,7 @@ def quality_report(components: Components, placeholders: list[Placeholder],
         with torch.no_grad():
             for placeholder, v in zip(placeholders, vectors):
                 placeholder.vectors.copy_(v)
-        losses[name] = denoising_loss(components, latent_source, prompt_ids, time_ids, draws,
+        losses[name] = denoising_loss(components, latent_source, prompts, time_ids, draws,
                                       batch_size)  # fmt: skip
     return QualityReport(step, losses["initializer"], losses["learned"], num_images,
                          len(draws.t), seed)  # fmt: skip

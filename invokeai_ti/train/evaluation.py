@@ -31,7 +31,7 @@ def evaluate_output(config: TrainingConfig, seed: int = quality.EVAL_SEED) -> st
                                   dry_run=False)  # fmt: skip
     log.info("Evaluating %s with the settings it was trained with.", checkpoints[-1])
     run = setup(trained)
-    report = quality.quality_report(run.components, run.placeholders, run.latent_source, run.prompt_ids,
+    report = quality.quality_report(run.components, run.placeholders, run.latent_source, run.prompts,
                             run.time_ids, run.initial_vectors, run.progress.step,
                             2 * trained.train_batch_size, seed)  # fmt: skip
     path = quality.save_report(trained.output_dir, report)

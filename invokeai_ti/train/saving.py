@@ -11,8 +11,8 @@ import torch
 
 from invokeai_ti.config import TrainingConfig
 from invokeai_ti.files import checkpoint as ckpt
-from invokeai_ti.files import export
-from invokeai_ti.files.atomic import check_disk_error
+from invokeai_ti.files import config_file, export
+from invokeai_ti.files.atomic import atomic_write_text, check_disk_error
 from invokeai_ti.report import plot, quality, validation
 from invokeai_ti.report.progress import ProgressReporter, RunResult
 from invokeai_ti.train.run import Run
@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 RESUMABLE_CHANGES = ("learning_rate", "scale_lr", "adam_beta1", "adam_beta2", "adam_epsilon",
                      "adam_weight_decay", "lr_scheduler", "lr_warmup_steps", "lr_num_cycles",
                      "train_batch_size", "gradient_accumulation_steps", "repeats",
-                     "num_train_epochs")  # fmt: skip
+                     "num_train_epochs", "shuffle_caption", "keep_tokens",
+                     "caption_dropout_rate")  # fmt: skip
 
 
 def resume(run: Run, folder: Path) -> None:
@@ -99,6 +100,21 @@ def save_state(run: Run) -> Path | None:
     return folder
 
 
+def save_run_config(run: Run) -> Path | None:
+    """OUTPUT/config.toml (config.yaml when given one): the settings this run trains with, the
+    seed it drew included, so `--config` with it repeats the run (main process only)."""
+    cfg = run.config
+    if not run.is_main:
+        return None
+    values = config_file.written_values(cfg, run.progress.seed)
+    name = config_file.config_file_name(cfg)
+    text = config_file.config_file_text(values, yaml_format=name.endswith(".yaml"))
+    try:
+        return atomic_write_text(cfg.output_dir / name, text)
+    except OSError as exc:
+        raise check_disk_error(exc, cfg.output_dir) from exc
+
+
 def save_step_embeds(run: Run) -> Path:
     """The embedding of the current step, learned_embeds-steps-N.bin."""
     cfg = run.config
@@ -154,7 +170,7 @@ def finish(run: Run, reporter: ProgressReporter):
         observed.validation_grid = validate(run, reporter)
     # No gradients are kept, so twice the training batch fits where training did.
     report = quality.quality_report(run.components, run.placeholders, run.latent_source,
-                                       run.prompt_ids, run.time_ids, run.initial_vectors, p.step,
+                                       run.prompts, run.time_ids, run.initial_vectors, p.step,
                                        2 * cfg.train_batch_size)  # fmt: skip
     observed.report = quality.save_report(cfg.output_dir, report)
     observed.quality = report.line()

@@ -8,11 +8,12 @@ import logging
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from invokeai_ti.config import TrainingConfig
-from invokeai_ti.data import dataset, latents
+from invokeai_ti.data import captions, dataset, latents, masks
 from invokeai_ti.files import atomic, formats
 from invokeai_ti.files import checkpoint as ckpt
 from invokeai_ti.invokeai.model_source import resolve_model
@@ -40,19 +41,16 @@ def setup(config: TrainingConfig) -> Run:
     #    their dims, and fail here, before any time goes into images or latents.
     placeholders = add_placeholders(config, components)
     resume_folder = check_resume(config, components, state.num_processes)
-    # 4. Every image decoded now, so a bad file fails before any GPU time is spent.
-    images = dataset.load_training_images(
-        config.train_data_dir, config.resolution, config.center_crop, config.dataloader_num_workers
-    )
+    # 4. Every image decoded now, so a bad file fails before any GPU time is spent; its caption
+    #    and mask with it, and a resume whose captions or masks changed is refused here.
+    images, prompts, data_print = load_data(config, resume_folder, components, state.num_processes)
     # 5. Latents need the VAE and the images; the VAE is freed once they are cached.
     latent_source = None
     if not config.dry_run:
         latent_source = latents.build_latent_source(components.vae, images.pixels,
-                                                    config.cache_latents)  # fmt: skip
+                                                    config.cache_latents, masks=images.masks)  # fmt: skip
         if config.cache_latents:
             components.vae = None
-    # 6. Prompts are tokenized once; they need the tokenizers that know the new tokens.
-    prompt_ids = tokenize_prompts(config, components)
     # 7. Step counts need the image count and the process count; epochs bound the steps too.
     micro = dataset.micro_batches_per_epoch(len(images.paths), config.repeats,
                                             config.train_batch_size, state.num_processes)  # fmt: skip
@@ -64,9 +62,9 @@ def setup(config: TrainingConfig) -> Run:
     scaler = torch.amp.GradScaler(state.device.type,
                                   enabled=components.weight_dtype == torch.float16)  # fmt: skip
     seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
-    run = Run(config, components, placeholders, images, latent_source, prompt_ids, adamw, None,
+    run = Run(config, components, placeholders, images, latent_source, prompts, adamw, None,
               scaler, ckpt.Progress(seed=seed), total, micro, state.process_index,
-              state.num_processes, lr)  # fmt: skip
+              state.num_processes, lr, data_fingerprint=data_print)  # fmt: skip
     run.initial_vectors = [ph.detached() for ph in placeholders]  # before resume overwrites them
     # 9. Resume last: it loads into the optimizer and may move the schedule's start.
     if resume_folder is not None:
@@ -123,12 +121,33 @@ def check_resume(config: TrainingConfig, components: Components, world_size: int
     return folder
 
 
-def tokenize_prompts(config: TrainingConfig, components: Components) -> list[torch.Tensor]:
-    """Every template with the trigger, tokenized once per tokenizer: [num_templates, length]."""
-    text = prompt_text(config)
-    templates = [t.format(text) for t in dataset.templates_for(config.learnable_property)]
-    return [
-        tok(templates, padding="max_length", truncation=True, max_length=tok.model_max_length,
-            return_tensors="pt").input_ids.to(components.device)
-        for tok in components.tokenizers
-    ]  # fmt: skip
+def load_data(config: TrainingConfig, resume_folder: Path | None, components: Components,
+              world_size: int) -> tuple[dataset.TrainingImages, captions.Prompts, dict[str, Any]]:  # fmt: skip
+    """Images, their loss masks and captions, and what they add to the resume fingerprint (checked
+    against `resume_folder` at once)."""
+    mask_extension = config.mask_extension
+    images = dataset.load_training_images(config.train_data_dir, config.resolution,
+                                          config.center_crop, config.dataloader_num_workers,
+                                          mask_extension)  # fmt: skip
+    if config.alpha_mask or mask_extension:
+        images.masks = masks.load_masks(images.paths, config.resolution, config.center_crop,
+                                        config.alpha_mask, mask_extension)  # fmt: skip
+    prompts = captions.build_prompts(config, images.paths, prompt_text(config))
+    data_print = data_fingerprint(images, prompts)
+    if resume_folder is not None:
+        current = ckpt.fingerprint(config, components.token_dims, world_size, data_print)
+        ckpt.check_fingerprint(resume_folder, ckpt.read_fingerprint(resume_folder), current)
+    return images, prompts, data_print
+
+
+def data_fingerprint(images: dataset.TrainingImages, prompts: captions.Prompts) -> dict[str, Any]:
+    """Captions, templates and masks as short hashes: a resume must train on the same ones. None
+    where a run has none, so checkpoints written before captions existed still match."""
+    names = [path.name for path in images.paths]
+    return {
+        "captions": None if prompts.captions is None else {
+            name: captions.digest_text(text) for name, text in zip(names, prompts.captions)},
+        "templates": None if prompts.template_source.startswith("built-in") else
+        captions.digest_text("\n".join(prompts.templates)),
+        "masks": None if images.masks is None else masks.mask_digests(images.paths, images.masks),
+    }  # fmt: skip

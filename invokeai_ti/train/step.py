@@ -6,10 +6,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from invokeai_ti.data import dataset
-from invokeai_ti.models.denoising import prediction_and_target
+from invokeai_ti.models.denoising import per_sample_loss, prediction_and_target
 from invokeai_ti.train.run import Run
 
 
@@ -26,11 +25,13 @@ def train_step(run: Run, samples: list[dataset.Sample], generator: torch.Generat
                       generator=generator)[mine].to(device)  # fmt: skip
     image_index = torch.tensor([s.image_index for s in samples])
     flipped = torch.tensor([s.flipped for s in samples])
-    templates = torch.tensor([s.template_index for s in samples], device=device)
+    texts = [run.prompts.text(s.image_index, s.template_index, s.caption_seed) for s in samples]
+    prompt_ids = run.prompts.token_ids(texts, c.tokenizers, device)  # [B, 77] per tokenizer
     x0 = run.latent_source.draw(image_index, flipped, latent_draw)  # [B, 4, h, w] scaled
     time_ids = run.time_ids[image_index] if run.time_ids is not None else None
-    pred, target = prediction_and_target(c, x0, noise, t, run.prompt_ids, templates, time_ids)
-    return F.mse_loss(pred, target)
+    pred, target = prediction_and_target(c, x0, noise, t, prompt_ids, time_ids)
+    weights = run.latent_source.weights(image_index, flipped)  # loss masks [B, 1, h, w] or None
+    return per_sample_loss(pred, target, weights).mean()
 
 
 def optimizer_step(run: Run, samples_of_epoch: list[dataset.Sample]) -> float:
