@@ -19,8 +19,9 @@ def config_to_argv(config: TrainingConfig) -> list[str]:
     argv = []
     for f in dataclasses.fields(TrainingConfig):
         value = getattr(config, f.name)
-        # No flag sets a field to None, so None here means "left at its default".
-        if f.name == "front_end" or value is None or value == getattr(defaults, f.name):
+        # No flag sets a field to None, so None here means "left at its default". --config is
+        # left out: every value it gave is spelled out, and one reset to its default must stay so.
+        if f.name in ("front_end", "config") or value is None or value == getattr(defaults, f.name):
             continue
         flag = FLAG_NAMES.get(f.name, f.name)
         if isinstance(value, bool):
