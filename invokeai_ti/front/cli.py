@@ -212,7 +212,7 @@ def _add_caption_mask_config_flags(p: argparse.ArgumentParser, d: TrainingConfig
                    help="read each image's caption from a file beside it, e.g. .txt (cat.png -> cat.txt)")
     g.add_argument("--template_file", type=Path, metavar="FILE",
                    help="prompt templates, one a line, with {trigger}/[name] and {caption}/[filewords] "
-                   "(default: built-in object/style templates, then ', caption' with captions)")
+                   "(none: the built-in object/style templates, then ', caption' with captions)")
     g.add_argument("--shuffle_caption", action=argparse.BooleanOptionalAction,
                    default=d.shuffle_caption, help="shuffle each caption's comma-separated tags")
     g.add_argument("--keep_tokens", type=int, default=d.keep_tokens,
