@@ -59,6 +59,10 @@ class TrainingConfig:
     caption_dropout_rate: float = 0.0  # share of samples trained with no caption
     alpha_mask: bool = False  # weight the loss by each image's alpha channel
     mask_extension: str | None = None  # e.g. "_mask.png": cat.png's loss mask is cat_mask.png
+    enable_bucket: bool = False  # train each image at its own aspect ratio
+    min_bucket_reso: int = 256  # smallest bucket side (px)
+    max_bucket_reso: int = 1024  # largest bucket side (px)
+    bucket_reso_steps: int = 64  # bucket sides are multiples of this (px)
     config: Path | None = None  # the .toml/.yaml file the flags were read from, if any
 
     # --- Trigger term ---
@@ -181,10 +185,25 @@ class TrainingConfig:
         if not 0 <= self.caption_dropout_rate <= 1:
             raise UserError(f"--caption_dropout_rate must be between 0 and 1, got "
                             f"{self.caption_dropout_rate}.")  # fmt: skip
+        if self.enable_bucket:
+            self._validate_buckets()
         if self.alpha_mask and self.mask_extension:
             raise UserError("--alpha_mask and --mask_extension both give a loss mask: use one.")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise UserError("--checkpoints_total_limit must be at least 1 (or left out for no limit).")
+
+    def _validate_buckets(self) -> None:
+        step = self.bucket_reso_steps
+        if step <= 0 or step % 8:
+            raise UserError(f"--bucket_reso_steps {step} must be a positive multiple of 8 (64 is usual).")
+        for flag, value in (("--min_bucket_reso", self.min_bucket_reso),
+                            ("--max_bucket_reso", self.max_bucket_reso)):  # fmt: skip
+            if value <= 0 or value % step:
+                raise UserError(f"{flag} {value} must be a positive multiple of "
+                                f"--bucket_reso_steps {step}.")  # fmt: skip
+        if not self.min_bucket_reso <= self.resolution <= self.max_bucket_reso:
+            raise UserError(f"--resolution {self.resolution} must lie between --min_bucket_reso "
+                            f"{self.min_bucket_reso} and --max_bucket_reso {self.max_bucket_reso}.")  # fmt: skip
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

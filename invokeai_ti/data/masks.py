@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from invokeai_ti.data.buckets import Fit, apply_fit
 from invokeai_ti.data.dataset import square_crop
 from invokeai_ti.errors import DataError
 
@@ -47,33 +48,39 @@ def read_mask(image_path: Path, alpha: bool, extension: str | None):
     return mask if mask.size == size else mask.resize(size, resample=Image.Resampling.BILINEAR)
 
 
-def to_mask_tensor(mask, resolution: int, center_crop: bool) -> torch.Tensor:
-    """[2, 1, H, W] in [0, 1] (plain, flipped): the geometry of dataset.to_pixels."""
+def to_mask_tensor(mask, resolution: int, center_crop: bool, fit: Fit | None = None) -> torch.Tensor:
+    """[2, 1, H, W] in [0, 1] (plain, flipped): the geometry of dataset.to_pixels, or of
+    dataset.to_bucket_pixels with a bucket's `fit`."""
     from PIL import Image
 
-    if center_crop:
-        mask = square_crop(mask)
-    mask = mask.resize((resolution, resolution), resample=Image.Resampling.BILINEAR)
+    if fit is not None:
+        mask = apply_fit(mask, fit, Image.Resampling.BILINEAR)
+    else:
+        if center_crop:
+            mask = square_crop(mask)
+        mask = mask.resize((resolution, resolution), resample=Image.Resampling.BILINEAR)
     array = torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)[None]
     return torch.stack([array, array.flip(-1)])
 
 
 def load_masks(images: list[Path], resolution: int, center_crop: bool, alpha: bool,
-               extension: str | None) -> torch.Tensor:  # fmt: skip
-    """[num_images, 2, 1, H, W] weights; a mask that leaves nothing to learn is refused."""
+               extension: str | None, fits: list[Fit] | None = None) -> torch.Tensor | list[torch.Tensor]:  # fmt: skip
+    """[num_images, 2, 1, H, W] weights (with buckets one [2, 1, H_i, W_i] per image); a mask
+    that leaves nothing to learn is refused."""
     tensors = []
-    for image in images:
+    for index, image in enumerate(images):
         source = f"{image} (its alpha channel)" if alpha else str(mask_path(image, extension or ""))
-        mask = to_mask_tensor(read_mask(image, alpha, extension), resolution, center_crop)
+        fit = fits[index] if fits is not None else None
+        mask = to_mask_tensor(read_mask(image, alpha, extension), resolution, center_crop, fit)
         if not bool(mask.any()):
             cropped = " after --center_crop" if center_crop else ""
             raise DataError(f"the mask of {source} is all zero{cropped}: nothing of that image "
                             "would be learned; paint the subject white or remove the image.")  # fmt: skip
         tensors.append(mask)
-    return torch.stack(tensors)
+    return tensors if fits is not None else torch.stack(tensors)
 
 
-def mask_digests(images: list[Path], masks: torch.Tensor) -> dict[str, str]:
+def mask_digests(images: list[Path], masks: torch.Tensor | list[torch.Tensor]) -> dict[str, str]:
     """Each image's mask as a short hash, so a resume can name the images whose mask changed."""
     return {
         image.name: hashlib.sha256(mask.numpy().tobytes()).hexdigest()[:12]

@@ -32,9 +32,9 @@ TENSORS_FILE = "vectors.safetensors"
 # What a checkpoint's vectors belong to: a resume must match every key. The flags among them are
 # named as flags in the refusal; token_dims and world_size come from the model and the launcher.
 FINGERPRINT_FLAGS = ("model", "placeholder_token", "num_vectors", "resolution")
-# Added by setup() once the images are read: per-image hashes of captions and masks, and the
-# template list's hash (None: none, or the built-in templates).
-DATA_KEYS = ("captions", "templates", "masks")
+# Added by setup() once the images are read: per-image hashes of captions and masks, each image's
+# bucket, and the template list's hash (None: none, or the built-in templates).
+DATA_KEYS = ("captions", "templates", "masks", "buckets")
 
 
 @dataclass

@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_caption_mask_config_flags(p: argparse.ArgumentParser, d: TrainingConfig) -> None:
     """Issue 19's flags in one block, with kohya's names where kohya has the flag."""
-    g = p.add_argument_group("Captions, masks and config files")
+    g = p.add_argument_group("Captions, masks, buckets and config files")
     g.add_argument("--config", type=Path, metavar="FILE",
                    help="read flags from a .toml or .yaml file (names without dashes); flags "
                    "given here win; every run writes its own into the output folder")
@@ -224,6 +224,15 @@ def _add_caption_mask_config_flags(p: argparse.ArgumentParser, d: TrainingConfig
     g.add_argument("--mask_extension", metavar="EXT",
                    help="weight the loss by a mask image beside each image, e.g. _mask.png "
                    "(cat.png -> cat_mask.png; white: learned, black: not)")
+    g.add_argument("--enable_bucket", action=argparse.BooleanOptionalAction, default=d.enable_bucket,
+                   help="train each image at the aspect-ratio bucket closest to its own, "
+                   "about --resolution squared in area, batches from one bucket")
+    g.add_argument("--min_bucket_reso", type=int, default=d.min_bucket_reso,
+                   help="smallest bucket side (px)")
+    g.add_argument("--max_bucket_reso", type=int, default=d.max_bucket_reso,
+                   help="largest bucket side (px)")
+    g.add_argument("--bucket_reso_steps", type=int, default=d.bucket_reso_steps,
+                   help="bucket sides are multiples of this (px, a multiple of 8)")
 
 
 def parse_config(argv: Sequence[str] | None = None) -> tuple[TrainingConfig, argparse.Namespace]:

@@ -141,7 +141,7 @@ def encode_prompts(
 
 
 def sdxl_time_ids(
-    sizes: list[tuple[int, int]], resolution: int, center_crop: bool
+    sizes: list[tuple[int, int]], resolution: int, center_crop: bool, fits: list | None = None
 ) -> torch.Tensor:
     """SDXL's size and crop conditioning per training image, [num_images, 6]:
     (original height, width, crop top, crop left, target height, width).
@@ -149,8 +149,12 @@ def sdxl_time_ids(
     `sizes` are the images' (height, width) as decoded. With --center_crop the crop offsets are
     those of the centred square in the resized image's pixels, as SDXL was trained; without it the
     whole image is resized (no crop). A flipped image keeps its offsets: for a centred crop they
-    differ by at most one pixel.
+    differ by at most one pixel. With buckets (`fits`, data/buckets.py) each image's own bucket
+    and crop.
     """
+    if fits is not None:  # buckets: the bucket is the target size, the crop its overhang's half
+        rows = [[h, w, f.crop_top, f.crop_left, f.height, f.width] for (h, w), f in zip(sizes, fits)]
+        return torch.tensor(rows, dtype=torch.float32)
     rows = []
     for height, width in sizes:
         top = left = 0

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from invokeai_ti.data.buckets import describe_buckets
 from invokeai_ti.errors import UserError
 from invokeai_ti.files.config_file import config_file_name
 
@@ -275,7 +276,10 @@ def data_plan(run: Any) -> list[str]:
         masks = (f"{source} of {len(images.paths)} images, mean weight "
                  f"{float(images.masks.mean()):.2f}")
     given = f"read from {cfg.config}; " if cfg.config else ""
-    return [
+    bucketed = []
+    if images.fits is not None:
+        bucketed = [f"Buckets (width x height): {describe_buckets(images.fits)}; each batch from one."]
+    return [*bucketed,
         f"Prompts: {prompts.num_templates} {prompts.template_source} templates, {captions}; "
         f"e.g. '{example}'.",
         f"Loss masks: {masks}.",

@@ -30,27 +30,50 @@ class Draws:
     image_index: torch.Tensor  # [N]
     flipped: torch.Tensor  # [N]
     template_index: torch.Tensor  # [N]
-    latent_noise: torch.Tensor  # [N, C, h, w]: draws the latent from the cached distribution
-    noise: torch.Tensor  # [N, C, h, w]
+    # [N, C, h, w], or with buckets one [C, h_i, w_i] per draw: samples the cached distribution
+    latent_noise: torch.Tensor | list[torch.Tensor]
+    noise: torch.Tensor | list[torch.Tensor]  # as latent_noise
     t: torch.Tensor  # [N]
 
 
-def make_draws(num_images: int, num_templates: int, latent_shape: tuple[int, ...],
-               num_timesteps: int, seed: int, per_image: int = DRAWS_PER_IMAGE) -> Draws:  # fmt: skip
+def make_draws(num_images: int, num_templates: int,
+               latent_shape: tuple[int, ...] | list[tuple[int, ...]], num_timesteps: int,
+               seed: int, per_image: int = DRAWS_PER_IMAGE) -> Draws:  # fmt: skip
     """`per_image` draws per image, timesteps stratified over the schedule (one per equal slice,
-    which halves the spread of the estimate compared with uniform timesteps)."""
+    which halves the spread of the estimate compared with uniform timesteps). `latent_shape`: one
+    for all images, or each image's (buckets)."""
     g = torch.Generator().manual_seed(seed)
     n = num_images * per_image
     slot = torch.arange(per_image).repeat(num_images)  # which slice of the schedule
     t = ((slot + torch.rand(n, generator=g)) * num_timesteps / per_image).long()
-    return Draws(
-        image_index=torch.arange(num_images).repeat_interleave(per_image),
-        flipped=torch.randint(0, 2, (n,), generator=g),
-        template_index=torch.randint(0, num_templates, (n,), generator=g),
-        latent_noise=torch.randn((n, *latent_shape), generator=g),
-        noise=torch.randn((n, *latent_shape), generator=g),
-        t=t.clamp(max=num_timesteps - 1),
-    )
+    image_index = torch.arange(num_images).repeat_interleave(per_image)
+    flipped = torch.randint(0, 2, (n,), generator=g)
+    template_index = torch.randint(0, num_templates, (n,), generator=g)
+    shapes = latent_shape if isinstance(latent_shape, list) else [latent_shape] * num_images
+    if len(set(shapes)) == 1:
+        latent_noise = torch.randn((n, *shapes[0]), generator=g)
+        noise = torch.randn((n, *shapes[0]), generator=g)
+    else:
+        latent_noise = [torch.randn(shapes[i], generator=g) for i in image_index.tolist()]
+        noise = [torch.randn(shapes[i], generator=g) for i in image_index.tolist()]
+    return Draws(image_index, flipped, template_index, latent_noise, noise,
+                 t.clamp(max=num_timesteps - 1))  # fmt: skip
+
+
+def _rows(values: torch.Tensor | list[torch.Tensor], part: slice) -> torch.Tensor:
+    return values[part] if isinstance(values, torch.Tensor) else torch.stack(values[part])
+
+
+def _batches(draws: Draws, latent_source: latents.LatentSource, batch_size: int):
+    """Slices of at most `batch_size` draws whose images share a latent shape (one bucket)."""
+    start, n = 0, len(draws.t)
+    while start < n:
+        end = min(start + batch_size, n)
+        first = latent_source.shape_of(int(draws.image_index[start]))
+        while latent_source.shape_of(int(draws.image_index[end - 1])) != first:
+            end -= 1
+        yield slice(start, end)
+        start = end
 
 
 @torch.no_grad()
@@ -61,12 +84,11 @@ def denoising_loss(components: Components, latent_source: latents.LatentSource,
     caption (no shuffle or dropout) and its loss mask; a test keeps the two equal."""
     c, device = components, components.device
     total = 0.0
-    for start in range(0, len(draws.t), batch_size):
-        part = slice(start, start + batch_size)
+    for part in _batches(draws, latent_source, batch_size):
         t = draws.t[part].to(device)
         images, flipped = draws.image_index[part], draws.flipped[part]
-        x0 = latent_source.draw(images, flipped, draws.latent_noise[part])
-        noise = draws.noise[part].to(device)
+        x0 = latent_source.draw(images, flipped, _rows(draws.latent_noise, part))
+        noise = _rows(draws.noise, part).to(device)
         texts = [prompts.text(i, k) for i, k in zip(images.tolist(),
                                                     draws.template_index[part].tolist())]  # fmt: skip
         prompt_ids = prompts.token_ids(texts, c.tokenizers, device)
@@ -101,9 +123,9 @@ def quality_report(components: Components, placeholders: list[Placeholder],
                    batch_size: int, seed: int = EVAL_SEED) -> QualityReport:  # fmt: skip
     """The denoising loss on the same draws with the initializer's vectors and with the current
     (learned) ones; the placeholders hold the learned vectors again afterwards."""
-    cached = latent_source.mean if latent_source.mean is not None else latent_source.pixels
-    num_images = cached.shape[0]
-    draws = make_draws(num_images, prompts.num_templates, latent_source.latent_shape,
+    num_images = latent_source.num_images
+    shapes = [latent_source.shape_of(i) for i in range(num_images)]
+    draws = make_draws(num_images, prompts.num_templates, shapes,
                        components.noise_scheduler.config.num_train_timesteps, seed)  # fmt: skip
     learned = [ph.detached() for ph in placeholders]
     losses = {}

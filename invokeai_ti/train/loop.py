@@ -65,7 +65,9 @@ def loop(run: Run, reporter: ProgressReporter, stop: StopRequest) -> bool:
         if samples_epoch != p.epoch:
             samples_epoch = p.epoch
             samples = dataset.epoch_samples(len(run.images.paths), config.repeats,
-                                            run.prompts.num_templates, p.seed, p.epoch)  # fmt: skip
+                                            run.prompts.num_templates, p.seed, p.epoch,
+                                            run.images.bucket_of,
+                                            config.train_batch_size * run.world_size)  # fmt: skip
         before = [ph.detached() for ph in run.placeholders]
         p.losses.append(optimizer_step(run, samples))
         if math.isfinite(p.losses[-1]):

@@ -18,13 +18,13 @@ def train_step(run: Run, samples: list[dataset.Sample], generator: torch.Generat
     b, offset = run.config.train_batch_size, run.rank * run.config.train_batch_size
     global_b = b * run.world_size  # draws are made for the global batch, then sliced, so the
     mine = slice(offset, offset + len(samples))  # result does not depend on the process count
-    shape = run.latent_source.latent_shape
+    image_index = torch.tensor([s.image_index for s in samples])
+    flipped = torch.tensor([s.flipped for s in samples])
+    shape = run.latent_source.shape_of(samples[0].image_index)  # a batch is from one bucket
     latent_draw = torch.randn((global_b, *shape), generator=generator)[mine]
     noise = torch.randn((global_b, *shape), generator=generator)[mine].to(device)
     t = torch.randint(0, c.noise_scheduler.config.num_train_timesteps, (global_b,),
                       generator=generator)[mine].to(device)  # fmt: skip
-    image_index = torch.tensor([s.image_index for s in samples])
-    flipped = torch.tensor([s.flipped for s in samples])
     texts = [run.prompts.text(s.image_index, s.template_index, s.caption_seed) for s in samples]
     prompt_ids = run.prompts.token_ids(texts, c.tokenizers, device)  # [B, 77] per tokenizer
     x0 = run.latent_source.draw(image_index, flipped, latent_draw)  # [B, 4, h, w] scaled
@@ -34,7 +34,7 @@ def train_step(run: Run, samples: list[dataset.Sample], generator: torch.Generat
     return per_sample_loss(pred, target, weights).mean()
 
 
-def optimizer_step(run: Run, samples_of_epoch: list[dataset.Sample]) -> float:
+def optimizer_step(run: Run, samples_of_epoch: list[dataset.Sample | None]) -> float:
     """Accumulate up to --gradient_accumulation_steps micro-batches (never across an epoch end),
     sum gradients over processes, and update the vectors unless the loss is not finite.
 
@@ -44,7 +44,8 @@ def optimizer_step(run: Run, samples_of_epoch: list[dataset.Sample]) -> float:
     p, cfg = run.progress, run.config
     count = min(cfg.gradient_accumulation_steps, run.micro_per_epoch - p.position)
     global_batch = cfg.train_batch_size * run.world_size
-    step_samples = min(count * global_batch, len(samples_of_epoch) - p.position * global_batch)
+    window = samples_of_epoch[p.position * global_batch : (p.position + count) * global_batch]
+    step_samples = sum(s is not None for s in window)  # bucket padding is no sample
     total_loss = torch.zeros((), device=run.components.device)
     for micro in range(count):
         samples = dataset.micro_batch(samples_of_epoch, p.position, cfg.train_batch_size,
