@@ -300,7 +300,7 @@ def ours_step(variant: str, model: Path, images: Path, px: int, precision: str):
         if p.epoch not in epoch:
             epoch.clear()
             epoch[p.epoch] = dataset.epoch_samples(len(run.images.paths), run.config.repeats,
-                                                   run.prompt_ids[0].shape[0], p.seed, p.epoch)  # fmt: skip
+                                                   run.prompts.num_templates, p.seed, p.epoch)  # fmt: skip
         optimizer_step(run, epoch[p.epoch])
 
     return step, run.optimizer

@@ -56,6 +56,20 @@ class TrainingConfig:
     dataloader_num_workers: int = 0  # threads used to decode images at setup
     cache_latents: bool = True
 
+    # --- Captions, masks and config files (kohya's flag names, which their users know) ---
+    caption_extension: str | None = None  # e.g. ".txt": cat.png's caption is cat.txt
+    template_file: Path | None = None  # one prompt template a line; None: built-in templates
+    shuffle_caption: bool = False  # shuffle a caption's comma-separated tags every time
+    keep_tokens: int = 0  # tags at the caption's start that the shuffle keeps in place
+    caption_dropout_rate: float = 0.0  # share of samples trained with no caption
+    alpha_mask: bool = False  # weight the loss by each image's alpha channel
+    mask_extension: str | None = None  # e.g. "_mask.png": cat.png's loss mask is cat_mask.png
+    enable_bucket: bool = False  # train each image at its own aspect ratio
+    min_bucket_reso: int = 256  # smallest bucket side (px)
+    max_bucket_reso: int = 1024  # largest bucket side (px)
+    bucket_reso_steps: int = 64  # bucket sides are multiples of this (px)
+    config: Path | None = None  # the .toml/.yaml file the flags were read from, if any
+
     # --- Trigger term ---
     placeholder_token: str | None = None
     learnable_property: str = "object"
@@ -169,6 +183,23 @@ class TrainingConfig:
                 f"--optimizer schedulefree_adamw replaces the decay of --lr_scheduler "
                 f"{self.lr_scheduler}: use --lr_scheduler constant or constant_with_warmup."
             )
+        if self.enable_bucket:
+            self._validate_buckets()
+        if self.alpha_mask and self.mask_extension:
+            raise UserError("--alpha_mask and --mask_extension both give a loss mask: use one.")
+
+    def _validate_buckets(self) -> None:
+        step = self.bucket_reso_steps
+        if step <= 0 or step % 8:
+            raise UserError(f"--bucket_reso_steps {step} must be a positive multiple of 8 (64 is usual).")
+        for flag, value in (("--min_bucket_reso", self.min_bucket_reso),
+                            ("--max_bucket_reso", self.max_bucket_reso)):  # fmt: skip
+            if value <= 0 or value % step:
+                raise UserError(f"{flag} {value} must be a positive multiple of "
+                                f"--bucket_reso_steps {step}.")  # fmt: skip
+        if not self.min_bucket_reso <= self.resolution <= self.max_bucket_reso:
+            raise UserError(f"--resolution {self.resolution} must lie between --min_bucket_reso "
+                            f"{self.min_bucket_reso} and --max_bucket_reso {self.max_bucket_reso}.")  # fmt: skip
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -97,6 +97,13 @@ RANGES: dict[str, Range] = {
     "max_grad_norm": _real(0, FLOAT32_MAX, "0 turns clipping off"),
     "min_snr_gamma": _real(0, FLOAT32_MAX, "0 turns the weighting off; 5 is usual"),
     "noise_offset": _real(0, 1, "0 turns it off; 0.05-0.1 is usual"),
+    "keep_tokens": _count("tags --shuffle_caption keeps at the start of a caption", low=0,
+                          high=TOKENIZER_LENGTH),  # fmt: skip
+    "caption_dropout_rate": _real(0, 1, "the share of samples trained without their caption"),
+    "min_bucket_reso": _count("a bucket side in pixels", high=MAX_RESOLUTION),
+    "max_bucket_reso": _count("a bucket side in pixels", high=MAX_RESOLUTION),
+    "bucket_reso_steps": _count("bucket sides are multiples of it", low=8, high=MAX_RESOLUTION,
+                                multiple_of=8),  # fmt: skip
     "evaluation_budget": _real(0, 1e6, "a fraction of the training time, or 'none' for no limit",
                                optional=True),  # fmt: skip
 }

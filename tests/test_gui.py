@@ -444,7 +444,7 @@ def every_field_changed() -> TrainingConfig:
     defaults, values = TrainingConfig(), {}
     for f in dataclasses.fields(TrainingConfig):
         action, default = actions.get(f.name), getattr(TrainingConfig(), f.name)
-        if f.name == "front_end" or action is None:
+        if f.name in ("front_end", "config") or action is None:  # config: see config_to_argv
             continue
         if action.choices:
             others = [c for c in action.choices if c != default and c not in (default or [])]

@@ -16,7 +16,7 @@ from test_checkpoint import TOKEN, assert_same_run, final_state, flags, interrup
 from invokeai_ti.config import TrainingConfig
 from invokeai_ti.files import checkpoint as ckpt
 from invokeai_ti.train import optimizer as opt
-from invokeai_ti.train.loss_weighting import min_snr_weights, offset_noise, weighted_mse
+from invokeai_ti.train.loss_weighting import min_snr_weights, offset_noise, weighted_mean
 from invokeai_ti.train.optimizer_algorithms import Lion, Prodigy, ScheduleFreeAdamW
 
 # 4 images x 2 repeats, batch 3, accumulation 2: 2 optimizer steps per epoch, the second short.
@@ -123,12 +123,11 @@ def test_min_snr_weights_follow_the_formula_for_epsilon_and_v():
     assert torch.equal(zero_terminal, torch.tensor([1.0, 1.0]))  # the limit, not 0/0
 
 
-def test_weighted_mse_is_the_plain_mse_when_off_and_weights_each_sample():
-    pred, target = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
-    assert torch.equal(weighted_mse(pred, target, None), torch.nn.functional.mse_loss(pred, target))
-    per_sample = ((pred - target) ** 2).mean(dim=(1, 2, 3))
+def test_weighted_mean_is_the_plain_mean_when_off_and_weights_each_sample():
+    per_sample = torch.tensor([1.0, 2.0, 4.0])
+    assert torch.equal(weighted_mean(per_sample, None), per_sample.mean())
     weights = torch.tensor([1.0, 0.5, 0.0])
-    assert torch.allclose(weighted_mse(pred, target, weights), (per_sample * weights).mean())
+    assert torch.equal(weighted_mean(per_sample, weights), torch.tensor((1.0 + 1.0 + 0.0) / 3))
 
 
 def test_noise_offset_adds_one_draw_per_sample_and_channel_and_none_when_off():

@@ -41,8 +41,8 @@ def test_two_processes_train_one_embedding_like_one_process_with_twice_the_batch
     assert two.stdout.count("Trained 4 steps") == 1
     assert "Traceback" not in two.stderr
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
-        "checkpoint-2", "checkpoint-4", "learned_embeds.bin", "learned_embeds.safetensors",
-        "loss.png", "report.json", "validation",
+        "checkpoint-2", "checkpoint-4", "config.toml", "learned_embeds.bin",
+        "learned_embeds.safetensors", "loss.png", "report.json", "validation",
     ]  # fmt: skip
     # Rank 0 alone drew the grids (step 0 and the end) while rank 1 waited.
     assert sorted(p.name for p in (tmp_path / "two" / "validation").iterdir()) == [
@@ -85,3 +85,25 @@ def test_unequal_shards_log_the_per_sample_mean_loss(cli, root, tmp_path):
     losses_one, vectors_one = losses_and_vectors(tmp_path / "one")
     assert losses_two == pytest.approx(losses_one, rel=1e-5)
     assert torch.allclose(vectors_two, vectors_one, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_with_buckets_captions_and_masks_match_one(cli, root, tmp_path):
+    """Issue 19: each global batch from one bucket (its padding split between the ranks), shuffled
+    and dropped captions, alpha masks: two processes learn what one does with twice the batch."""
+    from test_buckets import BUCKETS, make_shapes
+
+    images = make_shapes(tmp_path / "shapes", alpha=True)
+    for image in images.glob("*.png"):
+        image.with_suffix(".txt").write_text("<psychedelic>, red disc, grey, studio, plain")
+    common = ["--root_dir", str(root), "--placeholder_token", "<psychedelic>", *TINY_FLAGS,
+              "--no-copy", "--repeats", "1", "--max_train_steps", "3", "--validation_steps", "0",
+              "--train_data_dir", str(images), *BUCKETS, "--alpha_mask", "--caption_extension",
+              ".txt", "--shuffle_caption", "--caption_dropout_rate", "0.3"]  # fmt: skip
+    two = _launch(2, *common, "--train_batch_size", "1", "--output_dir", str(tmp_path / "two"))
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = cli(*common, "--train_batch_size", "2", "--output_dir", tmp_path / "one")
+    assert one.code == 0, one.err
+    learned = [torch.load(tmp_path / name / "learned_embeds.bin", weights_only=True)["<psychedelic>"]
+               for name in ("two", "one")]  # fmt: skip
+    assert torch.allclose(*learned, atol=1e-6)

@@ -99,7 +99,7 @@ def test_report_loss_is_the_training_loss(family, request, root, tmp_path):
         template_index=torch.tensor([3, 5]), latent_noise=latent_noise, noise=noise,
         t=torch.randint(0, 1000, (2,), generator=g),
     )  # fmt: skip
-    got = quality.denoising_loss(run.components, run.latent_source, run.prompt_ids,
+    got = quality.denoising_loss(run.components, run.latent_source, run.prompts,
                                     run.time_ids, draws, 2)  # fmt: skip
     assert got == pytest.approx(expected, rel=1e-5)
     # Stratified timesteps: one per tenth of the schedule for each image.

@@ -137,8 +137,9 @@ def test_sdxl_conditioning_matches_the_pipeline_and_uses_the_vae_scaling_factor(
     with torch.no_grad():
         for placeholder in run.placeholders:  # make the new vectors distinct from any word
             placeholder.vectors.add_(torch.randn_like(placeholder.vectors))
-        templates = torch.tensor([0, 5])
-        hidden, added = encode_prompts(c, run.prompt_ids, templates, run.time_ids[:2])
+        texts = [run.prompts.text(0, 0), run.prompts.text(0, 5)]
+        hidden, added = encode_prompts(c, run.prompts.token_ids(texts, c.tokenizers, c.device),
+                                       run.time_ids[:2])  # fmt: skip
         pipe = StableDiffusionXLPipeline(
             vae=None, text_encoder=c.text_encoders[0], text_encoder_2=c.text_encoders[1],
             tokenizer=c.tokenizers[0], tokenizer_2=c.tokenizers[1], unet=c.unet,

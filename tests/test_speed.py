@@ -28,7 +28,7 @@ def _losses(run: Run) -> list[float]:
     p, losses = run.progress, []
     while p.step < run.total_steps:
         samples = dataset.epoch_samples(len(run.images.paths), run.config.repeats,
-                                                 run.prompt_ids[0].shape[0], p.seed, p.epoch)  # fmt: skip
+                                                 run.prompts.num_templates, p.seed, p.epoch)  # fmt: skip
         losses.append(optimizer_step(run, samples))
     return losses
 

@@ -72,7 +72,8 @@ def test_sd2_v_prediction_uses_the_velocity_target(root, tiny_sd2):
     x0 = run.latent_source.draw(torch.tensor([s.image_index for s in samples]),
                                 torch.tensor([s.flipped for s in samples]), draw)  # fmt: skip
     with torch.no_grad():
-        hidden = c.text_encoders[0](run.prompt_ids[0][[s.template_index for s in samples]])[0]
+        texts = [run.prompts.text(s.image_index, s.template_index, s.caption_seed) for s in samples]
+        hidden = c.text_encoders[0](run.prompts.token_ids(texts, c.tokenizers, c.device)[0])[0]
         pred = c.unet(c.noise_scheduler.add_noise(x0, noise, t), t, hidden).sample
     velocity = c.noise_scheduler.get_velocity(x0, noise, t)
     assert loss.item() == pytest.approx(torch.nn.functional.mse_loss(pred, velocity).item(), rel=1e-5)
@@ -125,7 +126,7 @@ def _train(run, after_step=lambda: None) -> None:
     p = run.progress
     while p.step < run.total_steps:
         samples = dataset.epoch_samples(len(run.images.paths), run.config.repeats,
-                                                 run.prompt_ids[0].shape[0], p.seed, p.epoch)  # fmt: skip
+                                                 run.prompts.num_templates, p.seed, p.epoch)  # fmt: skip
         optimizer_step(run, samples)
         after_step()
 

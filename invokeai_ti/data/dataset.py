@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from invokeai_ti.data import buckets
 from invokeai_ti.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -56,12 +57,24 @@ class TrainingImages:
     """Decoded images as [-1, 1] tensors, both flip states, with what was skipped and why."""
 
     paths: list[Path]
-    pixels: torch.Tensor  # [num_images, 2 (plain, flipped), 3, H, W] float32
+    # [num_images, 2 (plain, flipped), 3, H, W] float32; with buckets one [2, 3, H_i, W_i] per image
+    pixels: torch.Tensor | list[torch.Tensor]
     skipped: list[tuple[Path, str]]
     sizes: list[tuple[int, int]] = field(default_factory=list)  # (height, width) as decoded: SDXL
+    masks: torch.Tensor | list[torch.Tensor] | None = None  # [N, 2, 1, H, W] loss weights (masks.py)
+    fits: list[buckets.Fit] | None = None  # each image's bucket, with --enable_bucket
+
+    @property
+    def bucket_of(self) -> list[int] | None:
+        """Each image's bucket as a number (images of one bucket share it), or None."""
+        if self.fits is None:
+            return None
+        sizes = sorted({(f.height, f.width) for f in self.fits})
+        return [sizes.index((f.height, f.width)) for f in self.fits]
 
 
-def find_image_files(data_dir: Path) -> list[Path]:
+def find_image_files(data_dir: Path, mask_extension: str | None = None) -> list[Path]:
+    """The images directly in `data_dir`, without the --mask_extension files beside them."""
     if not data_dir.exists():
         raise DataError(
             f"--train_data_dir {data_dir} does not exist: create it and put 3-20 images of your "
@@ -79,6 +92,9 @@ def find_image_files(data_dir: Path) -> list[Path]:
             files.append(entry)
         else:
             others.append(entry.name)
+    if mask_extension:  # cat_mask.png is cat.png's mask, not a training image
+        masks = {image.with_name(image.stem + mask_extension) for image in files}
+        files = [image for image in files if image not in masks]
     if subfolders:
         log.info("Sub-folders of %s are not read: %s", data_dir, ", ".join(subfolders))
     if not files:
@@ -148,24 +164,44 @@ def to_pixels(image, resolution: int, center_crop: bool) -> torch.Tensor:
     from PIL import Image
 
     if center_crop:
-        side = min(image.size)
-        left, top = (image.width - side) // 2, (image.height - side) // 2
-        image = image.crop((left, top, left + side, top + side))
+        image = square_crop(image)
     image = image.resize((resolution, resolution), resample=Image.Resampling.BICUBIC)
     array = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
     return torch.stack([array, array.flip(-1)])
 
 
-def load_training_images(
-    data_dir: Path, resolution: int, center_crop: bool, num_workers: int = 0
-) -> TrainingImages:
-    """Decode every image; unreadable ones are skipped with a warning, none left is an error."""
-    files = find_image_files(data_dir)
+def square_crop(image):
+    """The centred square of a PIL image (--center_crop); masks are cropped by the same rule."""
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    return image.crop((left, top, left + side, top + side))
 
-    def prepare(path: Path) -> tuple[torch.Tensor, tuple[int, int]] | str:
+
+def to_bucket_pixels(image, fit: buckets.Fit) -> torch.Tensor:
+    """[2, 3, fit.height, fit.width] in [-1, 1]: resized to cover the bucket, centre-cropped."""
+    from PIL import Image
+
+    image = buckets.apply_fit(image, fit, Image.Resampling.BICUBIC)
+    array = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+    return torch.stack([array, array.flip(-1)])
+
+
+def load_training_images(
+    data_dir: Path, resolution: int, center_crop: bool, num_workers: int = 0,
+    mask_extension: str | None = None, bucket_sizes: list[tuple[int, int]] | None = None,
+) -> TrainingImages:
+    """Decode every image; unreadable ones are skipped with a warning, none left is an error.
+    With `bucket_sizes` each image goes to the bucket closest to its aspect."""
+    files = find_image_files(data_dir, mask_extension)
+
+    def prepare(path: Path) -> tuple[torch.Tensor, tuple[int, int], buckets.Fit | None] | str:
         try:
             image = decode_image(path, resolution)
-            return to_pixels(image, resolution, center_crop), (image.height, image.width)
+            size = (image.height, image.width)
+            if bucket_sizes is None:
+                return to_pixels(image, resolution, center_crop), size, None
+            fit = buckets.fit_to_bucket(*size, buckets.choose_bucket(*size, bucket_sizes))
+            return to_bucket_pixels(image, fit), size, fit
         except ValueError as exc:
             return str(exc)
 
@@ -188,11 +224,13 @@ def load_training_images(
             f"--train_data_dir {data_dir}: none of its {len(files)} image file(s) could be read "
             f"({_some(reasons, sep='; ')}): replace them with PNG or JPEG pictures."
         )
+    pixels = [pixels for _, (pixels, _, _) in used]
     return TrainingImages(
         paths=[p for p, _ in used],
-        pixels=torch.stack([pixels for _, (pixels, _) in used]),
+        pixels=pixels if bucket_sizes is not None else torch.stack(pixels),
         skipped=skipped,
-        sizes=[size for _, (_, size) in used],
+        sizes=[size for _, (_, size, _) in used],
+        fits=[fit for _, (_, _, fit) in used] if bucket_sizes is not None else None,
     )
 
 
@@ -201,30 +239,59 @@ class Sample:
     image_index: int
     flipped: int  # 0 or 1: which flip state's latents to use
     template_index: int
+    caption_seed: int = 0  # seeds the caption's shuffle and dropout (data/captions.py)
 
 
 def epoch_samples(
-    num_images: int, repeats: int, num_templates: int, seed: int, epoch: int
-) -> list[Sample]:
+    num_images: int, repeats: int, num_templates: int, seed: int, epoch: int,
+    bucket_of: list[int] | None = None, global_batch: int = 1,
+) -> list[Sample | None]:
     """The shuffled samples of one epoch: a pure function of (seed, epoch), so resume needs only
-    the epoch and the position in it, not a pickled sampler."""
+    the epoch and the position in it, not a pickled sampler. With buckets (`bucket_of`: each
+    image's bucket) see by_bucket."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     length = num_images * repeats
     order = torch.randperm(length, generator=generator).tolist()
     flips = torch.randint(0, 2, (length,), generator=generator).tolist()
     templates = torch.randint(0, num_templates, (length,), generator=generator).tolist()
-    return [Sample(i % num_images, f, t) for i, f, t in zip(order, flips, templates)]
+    # Drawn last, so the order, flips and templates are those of runs before captions existed.
+    seeds = torch.randint(0, 2**31, (length,), generator=generator).tolist()
+    samples = [Sample(i % num_images, f, t, s) for i, f, t, s in zip(order, flips, templates, seeds)]
+    if bucket_of is None:
+        return samples
+    return by_bucket(samples, bucket_of, global_batch, generator)
 
 
-def micro_batches_per_epoch(num_images: int, repeats: int, batch_size: int, world_size: int) -> int:
-    """Micro-batches one process runs per epoch; every process takes a slice of a global batch."""
+def by_bucket(samples: list[Sample], bucket_of: list[int], global_batch: int,
+              generator: torch.Generator) -> list[Sample | None]:  # fmt: skip
+    """Every global batch from one bucket: each bucket's samples (in the shuffled order) cut into
+    global batches, the last one padded with None (a shorter batch, not a sample twice), and the
+    batches shuffled. The index arithmetic of micro_batch stays that of equal batches."""
+    chunks = []
+    for bucket in sorted(set(bucket_of)):
+        mine = [s for s in samples if bucket_of[s.image_index] == bucket]
+        for start in range(0, len(mine), global_batch):
+            chunk = mine[start : start + global_batch]
+            chunks.append(chunk + [None] * (global_batch - len(chunk)))
+    order = torch.randperm(len(chunks), generator=generator).tolist()
+    return [sample for index in order for sample in chunks[index]]
+
+
+def micro_batches_per_epoch(num_images: int, repeats: int, batch_size: int, world_size: int,
+                            bucket_of: list[int] | None = None) -> int:  # fmt: skip
+    """Micro-batches one process runs per epoch; every process takes a slice of a global batch.
+    With buckets, each bucket's samples fill their own batches."""
     global_batch = batch_size * world_size
-    return -(-num_images * repeats // global_batch)
+    if bucket_of is None:
+        return -(-num_images * repeats // global_batch)
+    counts = [bucket_of.count(b) for b in set(bucket_of)]
+    return sum(-(-count * repeats // global_batch) for count in counts)
 
 
 def micro_batch(
-    samples: list[Sample], index: int, batch_size: int, rank: int, world_size: int
+    samples: list[Sample | None], index: int, batch_size: int, rank: int, world_size: int
 ) -> list[Sample]:
-    """This process's part of global micro-batch `index` (the last one of an epoch may be short)."""
+    """This process's part of global micro-batch `index` (the last one of an epoch, or of a
+    bucket, may be short: its padding is left out)."""
     start = index * batch_size * world_size + rank * batch_size
-    return samples[start : start + batch_size]
+    return [s for s in samples[start : start + batch_size] if s is not None]

@@ -33,6 +33,9 @@ TENSORS_FILE = "vectors.safetensors"
 # named as flags in the refusal; token_dims and world_size come from the model and the launcher.
 # --optimizer too: another optimizer cannot continue from this one's state.
 FINGERPRINT_FLAGS = ("model", "placeholder_token", "num_vectors", "resolution", "optimizer")
+# Added by setup() once the images are read: per-image hashes of captions and masks, each image's
+# bucket, and the template list's hash (None: none, or the built-in templates).
+DATA_KEYS = ("captions", "templates", "masks", "buckets")
 
 
 @dataclass
@@ -201,10 +204,12 @@ def read_fingerprint(folder: Path) -> dict[str, Any]:
     return dict(read_state(folder).get("fingerprint") or {})
 
 
-def fingerprint(config: TrainingConfig, token_dims: list[int], world_size: int) -> dict[str, Any]:
-    """What the vectors of a run belong to; a resume must match it exactly."""
+def fingerprint(config: TrainingConfig, token_dims: list[int], world_size: int,
+                data: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """What the vectors of a run belong to; a resume must match it exactly. `data`: the captions,
+    templates and masks as hashes (train/setup.py), once the images are read."""
     flags = {key: getattr(config, key) for key in FINGERPRINT_FLAGS}
-    return dict(flags, token_dims=token_dims, world_size=world_size)
+    return dict(flags, token_dims=token_dims, world_size=world_size, **(data or {}))
 
 
 def load_checkpoint(folder: Path) -> CheckpointState:
@@ -241,10 +246,7 @@ def check_fingerprint(folder: Path, saved: dict[str, Any], current: dict[str, An
     # existed were all written by AdamW.
     saved = {key: saved.get(key, getattr(TrainingConfig, key, None)) for key in current}
     differences = [
-        f"{'--' if key in FINGERPRINT_FLAGS else ''}{key}: checkpoint has {saved[key]!r}, "
-        f"this run has {current[key]!r}"
-        for key in current
-        if saved[key] != current[key]
+        _difference(key, saved[key], current[key]) for key in current if saved[key] != current[key]
     ]
     if differences:
         raise ResumeError(
@@ -269,6 +271,24 @@ def check_vectors(folder: Path, vectors: list[torch.Tensor], num_vectors: int) -
             f"needs {num_vectors} vector(s) per text encoder: pick another checkpoint-<step> "
             "folder."
         )
+
+
+def _difference(key: str, saved: Any, current: Any) -> str:
+    """One difference in words; per-image hashes (captions, masks) name the images that changed."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        return f"{key} changed for {', '.join(changed[:3])}{more}"
+    if key in DATA_KEYS:
+        return f"{key}: checkpoint has {_data_words(key, saved)}, this run has {_data_words(key, current)}"
+    flag = "--" if key in FINGERPRINT_FLAGS else ""
+    return f"{flag}{key}: checkpoint has {saved!r}, this run has {current!r}"
+
+
+def _data_words(key: str, value: Any) -> str:
+    if value is None:
+        return "the built-in ones" if key == "templates" else "none"
+    return f"{len(value)} image(s)" if isinstance(value, dict) else "other ones"
 
 
 def prune_checkpoints(output_dir: Path, keep: int | None) -> list[Path]:

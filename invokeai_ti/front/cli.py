@@ -32,6 +32,7 @@ from invokeai_ti.config import (
     TrainingConfig,
 )
 from invokeai_ti.errors import UserError
+from invokeai_ti.front import config_file
 from invokeai_ti.invokeai.root import absolute_path
 
 PROG = "invokeai-ti"
@@ -140,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cache_latents", action=on_off, default=d.cache_latents,
                    help="encode each image once with the VAE, then free the VAE")
 
+    _add_caption_mask_config_flags(p, d)
+
     g = p.add_argument_group("Trigger term")
     g.add_argument("--placeholder_token", "--trigger_term", dest="placeholder_token",
                    help="the new word, e.g. '<my-cat>'")
@@ -237,9 +240,42 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_caption_mask_config_flags(p: argparse.ArgumentParser, d: TrainingConfig) -> None:
+    """Issue 19's flags in one block, with kohya's names where kohya has the flag."""
+    g = p.add_argument_group("Captions, masks, buckets and config files")
+    g.add_argument("--config", type=Path, metavar="FILE",
+                   help="read flags from a .toml or .yaml file (names without dashes); flags "
+                   "given here win; every run writes its own into the output folder")
+    g.add_argument("--caption_extension", metavar="EXT",
+                   help="read each image's caption from a file beside it, e.g. .txt (cat.png -> cat.txt)")
+    g.add_argument("--template_file", type=Path, metavar="FILE",
+                   help="prompt templates, one a line, with {trigger}/[name] and {caption}/[filewords] "
+                   "(none: the built-in object/style templates, then ', caption' with captions)")
+    g.add_argument("--shuffle_caption", action=argparse.BooleanOptionalAction,
+                   default=d.shuffle_caption, help="shuffle each caption's comma-separated tags")
+    _number(g, "--keep_tokens", help="tags at the start of a caption that --shuffle_caption keeps "
+                                    "in place")
+    _number(g, "--caption_dropout_rate", help="share of samples trained without their caption")
+    g.add_argument("--alpha_mask", action=argparse.BooleanOptionalAction, default=d.alpha_mask,
+                   help="weight the loss by each image's alpha channel (transparent: not learned)")
+    g.add_argument("--mask_extension", metavar="EXT",
+                   help="weight the loss by a mask image beside each image, e.g. _mask.png "
+                   "(cat.png -> cat_mask.png; white: learned, black: not)")
+    g.add_argument("--enable_bucket", action=argparse.BooleanOptionalAction, default=d.enable_bucket,
+                   help="train each image at the aspect-ratio bucket closest to its own, "
+                   "about --resolution squared in area, batches from one bucket")
+    _number(g, "--min_bucket_reso", help="smallest bucket side (px)")
+    _number(g, "--max_bucket_reso", help="largest bucket side (px)")
+    _number(g, "--bucket_reso_steps", help="bucket sides are multiples of this (px)")
+
+
 def parse_config(argv: Sequence[str] | None = None) -> tuple[TrainingConfig, argparse.Namespace]:
+    """Flags -> TrainingConfig; a --config file's values stand in for the defaults, so every flag
+    given on the command line wins over the file."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.config is not None:
+        args = config_file.apply_config_file(parser, argv, absolute_path(str(args.config)))
     # None means "not given", except where the flag's own default is a value ("none": no limit).
     values = {
         f.name: getattr(args, f.name)
@@ -251,7 +287,11 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[TrainingConfig, arg
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config, args = parse_config(argv)
+    try:
+        config, args = parse_config(argv)
+    except UserError as exc:  # a bad --config file: one line, as argparse says a bad flag
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     _setup_logging(config.debug)
     try:
         return _dispatch(config, args)

@@ -19,7 +19,9 @@ def config_to_argv(config: TrainingConfig) -> list[str]:
     argv = []
     for f in dataclasses.fields(TrainingConfig):
         value = getattr(config, f.name)
-        if f.name == "front_end" or value == getattr(defaults, f.name):
+        # --config is left out: every value it gave is spelled out, and one reset to its default
+        # must stay so.
+        if f.name in ("front_end", "config") or value == getattr(defaults, f.name):
             continue
         flag = FLAG_NAMES.get(f.name, f.name)
         if value is None:  # a field whose default is a value: 'none' (--evaluation_budget none)

@@ -60,7 +60,7 @@ def apply_root_defaults(config: TrainingConfig) -> TrainingConfig:
     output_dir = config.output_dir or default_output_dir(root, trigger)
     optional = {
         name: absolute_path(getattr(config, name))
-        for name in ("init_embedding", "comfyui_embeddings_dir")
+        for name in ("init_embedding", "comfyui_embeddings_dir", "template_file", "config")
         if getattr(config, name) is not None
     }
     return dataclasses.replace(

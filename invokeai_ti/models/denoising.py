@@ -11,14 +11,15 @@ from invokeai_ti.models.placeholder import encode_prompts
 
 
 def prediction_and_target(c: Components, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
-                          prompt_ids: list[torch.Tensor], templates: torch.Tensor,
+                          prompt_ids: list[torch.Tensor],
                           time_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """UNet output and its target (noise, or velocity for v-prediction models), both fp32
-    [B, 4, h, w]; `templates` picks each sample's prompt, `time_ids` are SDXL's size conditioning."""
+    [B, 4, h, w]; `prompt_ids` are each sample's prompt per tokenizer ([B, 77]), `time_ids` are
+    SDXL's size conditioning."""
     x_t = c.noise_scheduler.add_noise(x0, noise, t)
     half = c.weight_dtype != torch.float32  # frozen weights in half precision run under autocast
     with torch.autocast(c.device.type, dtype=c.weight_dtype, enabled=half):
-        hidden, added = encode_prompts(c, prompt_ids, templates, time_ids)  # [B, 77, dim]
+        hidden, added = encode_prompts(c, prompt_ids, time_ids)  # [B, 77, dim]
         pred = c.unet(x_t.to(c.weight_dtype), t, hidden.to(c.weight_dtype),
                       added_cond_kwargs=added).sample  # fmt: skip
     if c.prediction_type == "v_prediction":
@@ -26,3 +27,13 @@ def prediction_and_target(c: Components, x0: torch.Tensor, noise: torch.Tensor, 
     else:
         target = noise
     return pred.float(), target.float()
+
+
+def per_sample_loss(pred: torch.Tensor, target: torch.Tensor,
+                    weights: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """[B] squared error, the mean over each sample's weighted latent cells; `weights` [B, 1, h, w]
+    are the loss masks, none: every cell weighs 1 (the plain mean). Normalised by the weights, so
+    a small subject counts as much as a large one."""
+    error = (pred - target).pow(2)  # [B, C, h, w]
+    w = torch.ones_like(error[:, :1]) if weights is None else weights.to(error)
+    return (error * w).sum(dim=(1, 2, 3)) / (w.sum(dim=(1, 2, 3)) * error.shape[1])

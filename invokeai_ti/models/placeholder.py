@@ -116,10 +116,10 @@ def prompt_text(config: TrainingConfig) -> str:
 def encode_prompts(
     components: Any,
     prompt_ids: list[torch.Tensor],
-    template_index: torch.Tensor,
     time_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-    """UNet conditioning for a batch of prompt templates, read with the current vectors.
+    """UNet conditioning for a batch of prompts (ids [B, 77] per tokenizer), read with the current
+    vectors.
 
     SD1/SD2: the last hidden state of the one encoder, [B, 77, dim]. SDXL (two encoders) conditions
     as its pipeline does at inference: both encoders' penultimate hidden states side by side
@@ -128,9 +128,9 @@ def encode_prompts(
     """
     encoders = components.text_encoders
     if len(encoders) == 1:
-        return encoders[0](prompt_ids[0][template_index])[0], None
+        return encoders[0](prompt_ids[0])[0], None
     outputs = [
-        encoder(ids[template_index], output_hidden_states=True)
+        encoder(ids, output_hidden_states=True)
         for encoder, ids in zip(encoders, prompt_ids)
     ]
     hidden = torch.cat([out.hidden_states[-2] for out in outputs], dim=-1)
@@ -141,7 +141,7 @@ def encode_prompts(
 
 
 def sdxl_time_ids(
-    sizes: list[tuple[int, int]], resolution: int, center_crop: bool
+    sizes: list[tuple[int, int]], resolution: int, center_crop: bool, fits: list | None = None
 ) -> torch.Tensor:
     """SDXL's size and crop conditioning per training image, [num_images, 6]:
     (original height, width, crop top, crop left, target height, width).
@@ -149,8 +149,12 @@ def sdxl_time_ids(
     `sizes` are the images' (height, width) as decoded. With --center_crop the crop offsets are
     those of the centred square in the resized image's pixels, as SDXL was trained; without it the
     whole image is resized (no crop). A flipped image keeps its offsets: for a centred crop they
-    differ by at most one pixel.
+    differ by at most one pixel. With buckets (`fits`, data/buckets.py) each image's own bucket
+    and crop.
     """
+    if fits is not None:  # buckets: the bucket is the target size, the crop its overhang's half
+        rows = [[h, w, f.crop_top, f.crop_left, f.height, f.width] for (h, w), f in zip(sizes, fits)]
+        return torch.tensor(rows, dtype=torch.float32)
     rows = []
     for height, width in sizes:
         top = left = 0

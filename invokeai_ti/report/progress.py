@@ -18,7 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from invokeai_ti.data.buckets import describe_buckets
 from invokeai_ti.errors import UserError
+from invokeai_ti.files.config_file import config_file_name
 
 log = logging.getLogger(__name__)
 TASK_EVERY_S = 10  # a plain/JSON progress line of a grid or the report at most this often
@@ -293,6 +295,7 @@ def format_plan(run: Any) -> list[str]:
         f"effective batch {cfg.train_batch_size * cfg.gradient_accumulation_steps * run.world_size}.",
         f"Learning rate: {run.learning_rate:.6g} ({lr_rule}), {cfg.lr_scheduler} schedule.",
         learning_options(cfg, run.target_norms),
+        *data_plan(run),
         f"Outputs: {cfg.output_dir} (formats {', '.join(cfg.export_format)}, checkpoint-N every "
         f"{cfg.checkpointing_steps} steps){copy}. Nothing was written.",
     ]  # fmt: skip
@@ -308,6 +311,33 @@ def learning_options(cfg: Any, target_norms: list[float] | None) -> str:
             f"{f'at norm {cfg.max_grad_norm:g}' if cfg.max_grad_norm else off}; min-SNR weighting "
             f"{f'gamma {cfg.min_snr_gamma:g}' if cfg.min_snr_gamma else off}; noise offset "
             f"{f'{cfg.noise_offset:g}' if cfg.noise_offset else off}; embedding norm {norm}.")  # fmt: skip
+def data_plan(run: Any) -> list[str]:
+    """The plan's lines on prompts (templates, captions), loss masks and the config file."""
+    cfg, prompts, images = run.config, run.prompts, run.images
+    captions = "no captions"
+    if prompts.captions is not None:
+        have = sum(1 for c in prompts.captions if c)
+        how = [f"shuffled after {cfg.keep_tokens} tag(s)" if cfg.shuffle_caption else "",
+               f"dropped for {cfg.caption_dropout_rate:g} of samples" if cfg.caption_dropout_rate else ""]
+        extra = "; ".join(h for h in how if h)
+        captions = (f"captions from {cfg.caption_extension} files ({have} of {len(prompts.captions)} "
+                    f"images have one{'; ' + extra if extra else ''})")
+    example = prompts.text(0, 0)
+    masks = "none (every pixel weighs the same)"
+    if images.masks is not None:
+        source = "alpha channels" if cfg.alpha_mask else f"{cfg.mask_extension} files"
+        masks = (f"{source} of {len(images.paths)} images, mean weight "
+                 f"{float(images.masks.mean()):.2f}")
+    given = f"read from {cfg.config}; " if cfg.config else ""
+    bucketed = []
+    if images.fits is not None:
+        bucketed = [f"Buckets (width x height): {describe_buckets(images.fits)}; each batch from one."]
+    return [*bucketed,
+        f"Prompts: {prompts.num_templates} {prompts.template_source} templates, {captions}; "
+        f"e.g. '{example}'.",
+        f"Loss masks: {masks}.",
+        f"Config file: {given}each run writes {cfg.output_dir}/{config_file_name(cfg)}.",
+    ]  # fmt: skip
 
 
 def describe_outputs(progress: Any, files: Any, observed: Any) -> list[str]:

@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 
 from invokeai_ti.data import latents
+from invokeai_ti.data.captions import Prompts
 from invokeai_ti.files.atomic import atomic_write_text
-from invokeai_ti.models.denoising import prediction_and_target
+from invokeai_ti.models.denoising import per_sample_loss, prediction_and_target
 from invokeai_ti.models.loading import Components
 from invokeai_ti.models.placeholder import Placeholder
 
@@ -31,46 +32,72 @@ class Draws:
     image_index: torch.Tensor  # [N]
     flipped: torch.Tensor  # [N]
     template_index: torch.Tensor  # [N]
-    latent_noise: torch.Tensor  # [N, C, h, w]: draws the latent from the cached distribution
-    noise: torch.Tensor  # [N, C, h, w]
+    # [N, C, h, w], or with buckets one [C, h_i, w_i] per draw: samples the cached distribution
+    latent_noise: torch.Tensor | list[torch.Tensor]
+    noise: torch.Tensor | list[torch.Tensor]  # as latent_noise
     t: torch.Tensor  # [N]
 
 
-def make_draws(num_images: int, num_templates: int, latent_shape: tuple[int, ...],
-               num_timesteps: int, seed: int, per_image: int = DRAWS_PER_IMAGE) -> Draws:  # fmt: skip
+def make_draws(num_images: int, num_templates: int,
+               latent_shape: tuple[int, ...] | list[tuple[int, ...]], num_timesteps: int,
+               seed: int, per_image: int = DRAWS_PER_IMAGE) -> Draws:  # fmt: skip
     """`per_image` draws per image, timesteps stratified over the schedule (one per equal slice,
-    which halves the spread of the estimate compared with uniform timesteps)."""
+    which halves the spread of the estimate compared with uniform timesteps). `latent_shape`: one
+    for all images, or each image's (buckets)."""
     g = torch.Generator().manual_seed(seed)
     n = num_images * per_image
     slot = torch.arange(per_image).repeat(num_images)  # which slice of the schedule
     t = ((slot + torch.rand(n, generator=g)) * num_timesteps / per_image).long()
-    return Draws(
-        image_index=torch.arange(num_images).repeat_interleave(per_image),
-        flipped=torch.randint(0, 2, (n,), generator=g),
-        template_index=torch.randint(0, num_templates, (n,), generator=g),
-        latent_noise=torch.randn((n, *latent_shape), generator=g),
-        noise=torch.randn((n, *latent_shape), generator=g),
-        t=t.clamp(max=num_timesteps - 1),
-    )
+    image_index = torch.arange(num_images).repeat_interleave(per_image)
+    flipped = torch.randint(0, 2, (n,), generator=g)
+    template_index = torch.randint(0, num_templates, (n,), generator=g)
+    shapes = latent_shape if isinstance(latent_shape, list) else [latent_shape] * num_images
+    if len(set(shapes)) == 1:
+        latent_noise = torch.randn((n, *shapes[0]), generator=g)
+        noise = torch.randn((n, *shapes[0]), generator=g)
+    else:
+        latent_noise = [torch.randn(shapes[i], generator=g) for i in image_index.tolist()]
+        noise = [torch.randn(shapes[i], generator=g) for i in image_index.tolist()]
+    return Draws(image_index, flipped, template_index, latent_noise, noise,
+                 t.clamp(max=num_timesteps - 1))  # fmt: skip
+
+
+def _rows(values: torch.Tensor | list[torch.Tensor], part: slice) -> torch.Tensor:
+    return values[part] if isinstance(values, torch.Tensor) else torch.stack(values[part])
+
+
+def _batches(draws: Draws, latent_source: latents.LatentSource, batch_size: int):
+    """Slices of at most `batch_size` draws whose images share a latent shape (one bucket)."""
+    start, n = 0, len(draws.t)
+    while start < n:
+        end = min(start + batch_size, n)
+        first = latent_source.shape_of(int(draws.image_index[start]))
+        while latent_source.shape_of(int(draws.image_index[end - 1])) != first:
+            end -= 1
+        yield slice(start, end)
+        start = end
 
 
 @torch.no_grad()
 def denoising_loss(components: Components, latent_source: latents.LatentSource,
-                   prompt_ids: list[torch.Tensor], time_ids: torch.Tensor | None, draws: Draws,
+                   prompts: Prompts, time_ids: torch.Tensor | None, draws: Draws,
                    batch_size: int, advance: Callable[[int], None] | None = None) -> float:  # fmt: skip
-    """Mean of the training objective (train_step's MSE) over `draws`; a test keeps the two equal.
-    `advance(n)` is told of each batch of n draws as it finishes."""
+    """Mean of the training objective (train_step's loss) over `draws`, with each image's whole
+    caption (no shuffle or dropout) and its loss mask; a test keeps the two equal. `advance(n)` is
+    told of each batch of n draws as it finishes."""
     c, device = components, components.device
     total = 0.0
-    for start in range(0, len(draws.t), batch_size):
-        part = slice(start, start + batch_size)
+    for part in _batches(draws, latent_source, batch_size):
         t = draws.t[part].to(device)
-        x0 = latent_source.draw(draws.image_index[part], draws.flipped[part], draws.latent_noise[part])
-        noise = draws.noise[part].to(device)
-        templates = draws.template_index[part].to(device)
-        image_time_ids = time_ids[draws.image_index[part]] if time_ids is not None else None
-        pred, target = prediction_and_target(c, x0, noise, t, prompt_ids, templates, image_time_ids)
-        total += (pred - target).pow(2).mean(dim=(1, 2, 3)).sum().item()
+        images, flipped = draws.image_index[part], draws.flipped[part]
+        x0 = latent_source.draw(images, flipped, _rows(draws.latent_noise, part))
+        noise = _rows(draws.noise, part).to(device)
+        texts = [prompts.text(i, k) for i, k in zip(images.tolist(),
+                                                    draws.template_index[part].tolist())]  # fmt: skip
+        prompt_ids = prompts.token_ids(texts, c.tokenizers, device)
+        image_time_ids = time_ids[images] if time_ids is not None else None
+        pred, target = prediction_and_target(c, x0, noise, t, prompt_ids, image_time_ids)
+        total += per_sample_loss(pred, target, latent_source.weights(images, flipped)).sum().item()
         if advance is not None:
             advance(len(t))
     return total / len(draws.t)
@@ -96,27 +123,23 @@ class QualityReport:
 
 
 def quality_report(components: Components, placeholders: list[Placeholder],
-                   latent_source: latents.LatentSource, prompt_ids: list[torch.Tensor],
+                   latent_source: latents.LatentSource, prompts: Prompts,
                    time_ids: torch.Tensor | None, initial: list[torch.Tensor], step: int,
                    batch_size: int, seed: int = EVAL_SEED, per_image: int = DRAWS_PER_IMAGE,
                    advance: Callable[[int], None] | None = None) -> QualityReport:  # fmt: skip
     """The denoising loss on the same draws with the initializer's vectors and with the current
     (learned) ones; the placeholders hold the learned vectors again afterwards."""
-    num_images = image_count(latent_source)
-    draws = make_draws(num_images, prompt_ids[0].shape[0], latent_source.latent_shape,
+    num_images = latent_source.num_images
+    shapes = [latent_source.shape_of(i) for i in range(num_images)]
+    draws = make_draws(num_images, prompts.num_templates, shapes,
                        components.noise_scheduler.config.num_train_timesteps, seed, per_image)  # fmt: skip
     losses = {}
     for name, vectors in (("initializer", initial), ("learned", None)):
         with holding(placeholders, vectors):
-            losses[name] = denoising_loss(components, latent_source, prompt_ids, time_ids, draws,
+            losses[name] = denoising_loss(components, latent_source, prompts, time_ids, draws,
                                           batch_size, advance)  # fmt: skip
     return QualityReport(step, losses["initializer"], losses["learned"], num_images,
                          len(draws.t), seed)  # fmt: skip
-
-
-def image_count(latent_source: latents.LatentSource) -> int:
-    cached = latent_source.mean if latent_source.mean is not None else latent_source.pixels
-    return cached.shape[0]
 
 
 @contextmanager

@@ -37,7 +37,7 @@ def evaluate_output(config: TrainingConfig, seed: int = quality.EVAL_SEED) -> st
                                   dry_run=False)  # fmt: skip
     log.info("Evaluating %s with the settings it was trained with.", checkpoints[-1])
     run = setup(trained)
-    report = quality.quality_report(run.components, run.placeholders, run.latent_source, run.prompt_ids,
+    report = quality.quality_report(run.components, run.placeholders, run.latent_source, run.prompts,
                             run.time_ids, run.initial_vectors, run.progress.step,
                             2 * trained.train_batch_size, seed)  # fmt: skip
     path = quality.save_report(trained.output_dir, report)
@@ -141,7 +141,7 @@ def draw_grid(run: Run, reporter: ProgressReporter, step: int,
 
 def report_forwards(run: Run, per_image: int) -> int:
     """The report's cost in UNet passes: each draw with the initializer and the learned vectors."""
-    return 2 * per_image * quality.image_count(run.latent_source)
+    return 2 * per_image * run.latent_source.num_images
 
 
 def write_report(run: Run, reporter: ProgressReporter, observed: validation.Observed,
@@ -151,7 +151,7 @@ def write_report(run: Run, reporter: ProgressReporter, observed: validation.Obse
     with run.budget.job("report", forwards), reporter.task("Quality report", forwards) as advance:
         # No gradients are kept, so twice the training batch fits where training did.
         report = quality.quality_report(run.components, run.placeholders, run.latent_source,
-                                        run.prompt_ids, run.time_ids, run.initial_vectors, p.step,
+                                        run.prompts, run.time_ids, run.initial_vectors, p.step,
                                         2 * cfg.train_batch_size, per_image=per_image,
                                         advance=advance)  # fmt: skip
     observed.report = quality.save_report(cfg.output_dir, report)

@@ -36,6 +36,7 @@ def train(config: TrainingConfig) -> RunResult:
         if config.dry_run:
             return RunResult(0, format_plan(run))
         p = run.progress
+        saving.save_run_config(run)  # before the first step: a crashed run can be repeated too
         reporter = ProgressReporter(config.log_format, run.total_steps, p.step,
                                     config.log_every_steps, enabled=run.is_main,
                                     tracker_dir=logging_path(config), report_to=config.report_to,
@@ -79,7 +80,9 @@ def loop(run: Run, reporter: ProgressReporter, stop: StopRequest) -> bool:
         if samples_epoch != p.epoch:
             samples_epoch = p.epoch
             samples = dataset.epoch_samples(len(run.images.paths), config.repeats,
-                                            run.prompt_ids[0].shape[0], p.seed, p.epoch)  # fmt: skip
+                                            run.prompts.num_templates, p.seed, p.epoch,
+                                            run.images.bucket_of,
+                                            config.train_batch_size * run.world_size)  # fmt: skip
         before = [ph.detached() for ph in run.placeholders]
         started = time.perf_counter()
         p.losses.append(optimizer_step(run, samples))

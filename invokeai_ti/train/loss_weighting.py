@@ -5,7 +5,6 @@ before they existed. The quality report keeps the plain objective so its numbers
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def offset_noise(noise: torch.Tensor, offset: float, generator: torch.Generator,
@@ -39,10 +38,6 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float,
     return torch.where(snr > 0, clamped / snr.clamp(min=torch.finfo(snr.dtype).tiny), 1.0)
 
 
-def weighted_mse(pred: torch.Tensor, target: torch.Tensor,
-                 weights: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
-    """The mean squared error, each sample's mean weighted when `weights` are given."""
-    if weights is None:
-        return F.mse_loss(pred, target)  # unchanged from before the weighting existed
-    per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=tuple(range(1, pred.dim())))
-    return (per_sample * weights).mean()
+def weighted_mean(per_sample: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """The mean of the per-sample losses [B], each weighted by `weights` [B] when given."""
+    return per_sample.mean() if weights is None else (per_sample * weights).mean()

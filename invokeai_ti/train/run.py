@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from invokeai_ti.config import TrainingConfig
+from invokeai_ti.data.captions import Prompts
 from invokeai_ti.data.dataset import TrainingImages
 from invokeai_ti.data.latents import LatentSource
 from invokeai_ti.files import checkpoint as ckpt
@@ -24,7 +25,7 @@ class Run:
     placeholders: list[Placeholder]  # one per text encoder
     images: TrainingImages
     latent_source: LatentSource | None
-    prompt_ids: list[torch.Tensor]  # per tokenizer: [num_templates, max_length]
+    prompts: Prompts  # each sample's prompt: templates, captions, tag shuffle and dropout
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LambdaLR | None  # built after a resume moved the start
     scaler: torch.amp.GradScaler
@@ -44,6 +45,7 @@ class Run:
     initial_grid_pending: bool = False  # the step-0 grid is owed (drawn when the budget allows)
     skipped_grids: int = 0  # periodic grids the budget had no room for
     target_norms: list[float] | None = None  # --embedding_norm keep: one per text encoder
+    data_fingerprint: dict[str, Any] = field(default_factory=dict)  # captions, templates, masks
 
     @property
     def is_main(self) -> bool:
@@ -51,4 +53,5 @@ class Run:
 
     @property
     def fingerprint(self) -> dict[str, Any]:
-        return ckpt.fingerprint(self.config, self.components.token_dims, self.world_size)
+        return ckpt.fingerprint(self.config, self.components.token_dims, self.world_size,
+                                self.data_fingerprint)  # fmt: skip

@@ -11,8 +11,8 @@ import torch
 
 from invokeai_ti.config import TrainingConfig
 from invokeai_ti.files import checkpoint as ckpt
-from invokeai_ti.files import export, pipeline
-from invokeai_ti.files.atomic import check_disk_error
+from invokeai_ti.files import config_file, export, pipeline
+from invokeai_ti.files.atomic import atomic_write_text, check_disk_error
 from invokeai_ti.report.progress import ProgressReporter, RunResult
 from invokeai_ti.train.optimizer import FLAG_HYPERPARAMETERS
 from invokeai_ti.train.run import Run
@@ -27,7 +27,8 @@ RESUMABLE_CHANGES = ("learning_rate", "scale_lr", "adam_beta1", "adam_beta2", "a
                      "adam_weight_decay", "lr_scheduler", "lr_warmup_steps", "lr_num_cycles",
                      "train_batch_size", "gradient_accumulation_steps", "repeats",
                      "num_train_epochs", "max_grad_norm", "min_snr_gamma", "noise_offset",
-                     "embedding_norm")  # fmt: skip
+                     "embedding_norm", "shuffle_caption", "keep_tokens",
+                     "caption_dropout_rate")  # fmt: skip
 
 
 def resume(run: Run, folder: Path) -> None:
@@ -98,6 +99,21 @@ def save_state(run: Run) -> Path | None:
     run.saved_step = run.progress.step
     ckpt.prune_checkpoints(run.config.output_dir, run.config.checkpoints_total_limit)
     return folder
+
+
+def save_run_config(run: Run) -> Path | None:
+    """OUTPUT/config.toml (config.yaml when given one): the settings this run trains with, the
+    seed it drew included, so `--config` with it repeats the run (main process only)."""
+    cfg = run.config
+    if not run.is_main:
+        return None
+    values = config_file.written_values(cfg, run.progress.seed)
+    name = config_file.config_file_name(cfg)
+    text = config_file.config_file_text(values, yaml_format=name.endswith(".yaml"))
+    try:
+        return atomic_write_text(cfg.output_dir / name, text)
+    except OSError as exc:
+        raise check_disk_error(exc, cfg.output_dir) from exc
 
 
 def save_step_embeds(run: Run) -> Path:

@@ -9,11 +9,12 @@ import os
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from invokeai_ti.config import TrainingConfig
-from invokeai_ti.data import dataset, latents
+from invokeai_ti.data import buckets, captions, dataset, latents, masks
 from invokeai_ti.files import atomic, formats
 from invokeai_ti.files import checkpoint as ckpt
 from invokeai_ti.invokeai.model_source import resolve_model
@@ -43,47 +44,44 @@ def setup(config: TrainingConfig) -> Run:
     #    their dims, and fail here, before any time goes into images or latents.
     placeholders = add_placeholders(config, components)
     resume_folder = check_resume(config, components, state.num_processes)
-    # 4. Every image decoded now, so a bad file fails before any GPU time is spent.
+    # 4. Every image decoded now, so a bad file fails before any GPU time is spent; its caption
+    #    and mask with it, and a resume whose captions or masks changed is refused here.
     started = time.perf_counter()
-    images = dataset.load_training_images(
-        config.train_data_dir, config.resolution, config.center_crop, config.dataloader_num_workers
-    )
+    images, prompts, data_print = load_data(config, resume_folder, components, state.num_processes)
     # 5. Latents need the VAE and the images; the VAE is freed once they are cached.
     latent_source = None
     if not config.dry_run:
         latent_source = latents.build_latent_source(components.vae, images.pixels,
-                                                    config.cache_latents)  # fmt: skip
+                                                    config.cache_latents, masks=images.masks)  # fmt: skip
         if config.cache_latents:
             components.vae = None
     seconds["images and latents"] = time.perf_counter() - started
-    # 6. Prompts are tokenized once; they need the tokenizers that know the new tokens.
-    prompt_ids = tokenize_prompts(config, components)
-    # 7. Step counts need the image count and the process count; epochs bound the steps too.
+    # 6. Step counts need the image count (per bucket) and the process count; epochs bound them.
     micro = dataset.micro_batches_per_epoch(len(images.paths), config.repeats,
-                                            config.train_batch_size, state.num_processes)  # fmt: skip
+                                            config.train_batch_size, state.num_processes,
+                                            images.bucket_of)  # fmt: skip
     steps_per_epoch = -(-micro // config.gradient_accumulation_steps)
     total = min(config.max_train_steps, config.num_train_epochs * steps_per_epoch)
-    # 8. Optimizer over the new vectors only; the schedule waits for the resume's start step.
+    # 7. Optimizer over the new vectors only; the schedule waits for the resume's start step.
     lr = optimizer.scaled_learning_rate(config, state.num_processes)
     adamw = optimizer.build_optimizer(config, [p.vectors for p in placeholders], lr)
     scaler = torch.amp.GradScaler(state.device.type,
                                   enabled=components.weight_dtype == torch.float16)  # fmt: skip
     seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
-    run = Run(config, components, placeholders, images, latent_source, prompt_ids, adamw, None,
+    run = Run(config, components, placeholders, images, latent_source, prompts, adamw, None,
               scaler, ckpt.Progress(seed=seed), total, micro, state.process_index,
-              state.num_processes, lr)  # fmt: skip
+              state.num_processes, lr, data_fingerprint=data_print)  # fmt: skip
     run.initial_vectors = [ph.detached() for ph in placeholders]  # before resume overwrites them
     run.seconds = seconds
     if config.embedding_norm == "keep":  # from the frozen table, so a resume computes the same
         run.target_norms = [optimizer.vocabulary_norm(ph.lookup.weight) for ph in placeholders]
-    # 9. Resume last: it loads into the optimizer and may move the schedule's start.
+    # 8. Resume last: it loads into the optimizer and may move the schedule's start.
     if resume_folder is not None:
         saving.resume(run, resume_folder)
     run.schedule = optimizer.build_lr_schedule(config, adamw, total, run.progress.step)
     if components.family == "sdxl":  # SDXL conditions on each image's original size and crop
-        run.time_ids = sdxl_time_ids(images.sizes, config.resolution, config.center_crop).to(
-            state.device
-        )
+        run.time_ids = sdxl_time_ids(images.sizes, config.resolution, config.center_crop,
+                                     images.fits).to(state.device)  # fmt: skip
     return run
 
 
@@ -133,12 +131,38 @@ def check_resume(config: TrainingConfig, components: Components, world_size: int
     return folder
 
 
-def tokenize_prompts(config: TrainingConfig, components: Components) -> list[torch.Tensor]:
-    """Every template with the trigger, tokenized once per tokenizer: [num_templates, length]."""
-    text = prompt_text(config)
-    templates = [t.format(text) for t in dataset.templates_for(config.learnable_property)]
-    return [
-        tok(templates, padding="max_length", truncation=True, max_length=tok.model_max_length,
-            return_tensors="pt").input_ids.to(components.device)
-        for tok in components.tokenizers
-    ]  # fmt: skip
+def load_data(config: TrainingConfig, resume_folder: Path | None, components: Components,
+              world_size: int) -> tuple[dataset.TrainingImages, captions.Prompts, dict[str, Any]]:  # fmt: skip
+    """Images, their loss masks and captions, and what they add to the resume fingerprint (checked
+    against `resume_folder` at once)."""
+    mask_extension, sizes = config.mask_extension, None
+    if config.enable_bucket:
+        sizes = buckets.bucket_sizes(config.resolution, config.min_bucket_reso,
+                                     config.max_bucket_reso, config.bucket_reso_steps)  # fmt: skip
+    images = dataset.load_training_images(config.train_data_dir, config.resolution,
+                                          config.center_crop, config.dataloader_num_workers,
+                                          mask_extension, sizes)  # fmt: skip
+    if config.alpha_mask or mask_extension:
+        images.masks = masks.load_masks(images.paths, config.resolution, config.center_crop,
+                                        config.alpha_mask, mask_extension, images.fits)  # fmt: skip
+    prompts = captions.build_prompts(config, images.paths, prompt_text(config))
+    data_print = data_fingerprint(images, prompts)
+    if resume_folder is not None:
+        current = ckpt.fingerprint(config, components.token_dims, world_size, data_print)
+        ckpt.check_fingerprint(resume_folder, ckpt.read_fingerprint(resume_folder), current)
+    return images, prompts, data_print
+
+
+def data_fingerprint(images: dataset.TrainingImages, prompts: captions.Prompts) -> dict[str, Any]:
+    """Captions, templates and masks as short hashes, and each image's bucket: a resume must train
+    on the same ones. None where a run has none, so older checkpoints still match."""
+    names = [path.name for path in images.paths]
+    return {
+        "buckets": None if images.fits is None else {
+            name: f"{fit.width}x{fit.height}" for name, fit in zip(names, images.fits)},
+        "captions": None if prompts.captions is None else {
+            name: captions.digest_text(text) for name, text in zip(names, prompts.captions)},
+        "templates": None if prompts.template_source.startswith("built-in") else
+        captions.digest_text("\n".join(prompts.templates)),
+        "masks": None if images.masks is None else masks.mask_digests(images.paths, images.masks),
+    }  # fmt: skip

@@ -8,8 +8,8 @@ import math
 import torch
 
 from invokeai_ti.data import dataset
-from invokeai_ti.models.denoising import prediction_and_target
-from invokeai_ti.train.loss_weighting import min_snr_weights, offset_noise, weighted_mse
+from invokeai_ti.models.denoising import per_sample_loss, prediction_and_target
+from invokeai_ti.train.loss_weighting import min_snr_weights, offset_noise, weighted_mean
 from invokeai_ti.train.optimizer import to_eval_point, to_train_point, update_vectors
 from invokeai_ti.train.run import Run
 
@@ -20,23 +20,26 @@ def train_step(run: Run, samples: list[dataset.Sample], generator: torch.Generat
     b, offset = run.config.train_batch_size, run.rank * run.config.train_batch_size
     global_b = b * run.world_size  # draws are made for the global batch, then sliced, so the
     mine = slice(offset, offset + len(samples))  # result does not depend on the process count
-    shape = run.latent_source.latent_shape
+    image_index = torch.tensor([s.image_index for s in samples])
+    flipped = torch.tensor([s.flipped for s in samples])
+    shape = run.latent_source.shape_of(samples[0].image_index)  # a batch is from one bucket
     latent_draw = torch.randn((global_b, *shape), generator=generator)[mine]
     noise = torch.randn((global_b, *shape), generator=generator)[mine].to(device)
     t = torch.randint(0, c.noise_scheduler.config.num_train_timesteps, (global_b,),
                       generator=generator)[mine].to(device)  # fmt: skip
     noise = offset_noise(noise, run.config.noise_offset, generator, global_b, mine)
-    image_index = torch.tensor([s.image_index for s in samples])
-    flipped = torch.tensor([s.flipped for s in samples])
-    templates = torch.tensor([s.template_index for s in samples], device=device)
+    texts = [run.prompts.text(s.image_index, s.template_index, s.caption_seed) for s in samples]
+    prompt_ids = run.prompts.token_ids(texts, c.tokenizers, device)  # [B, 77] per tokenizer
     x0 = run.latent_source.draw(image_index, flipped, latent_draw)  # [B, 4, h, w] scaled
     time_ids = run.time_ids[image_index] if run.time_ids is not None else None
-    pred, target = prediction_and_target(c, x0, noise, t, run.prompt_ids, templates, time_ids)
-    return weighted_mse(pred, target, min_snr_weights(c.noise_scheduler.alphas_cumprod, t,
-                                                      run.config.min_snr_gamma, c.prediction_type))
+    pred, target = prediction_and_target(c, x0, noise, t, prompt_ids, time_ids)
+    masks = run.latent_source.weights(image_index, flipped)  # loss masks [B, 1, h, w] or None
+    snr_weights = min_snr_weights(c.noise_scheduler.alphas_cumprod, t, run.config.min_snr_gamma,
+                                  c.prediction_type)  # fmt: skip
+    return weighted_mean(per_sample_loss(pred, target, masks), snr_weights)
 
 
-def optimizer_step(run: Run, samples_of_epoch: list[dataset.Sample]) -> float:
+def optimizer_step(run: Run, samples_of_epoch: list[dataset.Sample | None]) -> float:
     """Accumulate up to --gradient_accumulation_steps micro-batches (never across an epoch end),
     sum gradients over processes, and update the vectors unless the loss is not finite.
 
@@ -46,7 +49,8 @@ def optimizer_step(run: Run, samples_of_epoch: list[dataset.Sample]) -> float:
     p, cfg = run.progress, run.config
     count = min(cfg.gradient_accumulation_steps, run.micro_per_epoch - p.position)
     global_batch = cfg.train_batch_size * run.world_size
-    step_samples = min(count * global_batch, len(samples_of_epoch) - p.position * global_batch)
+    window = samples_of_epoch[p.position * global_batch : (p.position + count) * global_batch]
+    step_samples = sum(s is not None for s in window)  # bucket padding is no sample
     total_loss = torch.zeros((), device=run.components.device)
     to_train_point(run.optimizer)  # schedule-free AdamW's gradient point; a no-op for the others
     for micro in range(count):
