@@ -126,6 +126,9 @@ class TrainingConfig:
     validation_steps: int | None = None  # None: same as save_steps; 0: off
     # Grids and the quality report may spend this fraction of the training time; None: no limit.
     evaluation_budget: float | None = 0.1
+    validation_loss_draws: int = 4  # per image, at every validation step; 0: off
+    save_best: bool = False  # learned_embeds-best.bin: the step with the lowest validation loss
+    early_stop_patience: int = 0  # stop after this many validations without a new best; 0: off
     quality_report: bool = True
 
     # --- Hub ---

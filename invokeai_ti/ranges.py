@@ -104,6 +104,9 @@ RANGES: dict[str, Range] = {
     "max_bucket_reso": _count("a bucket side in pixels", high=MAX_RESOLUTION),
     "bucket_reso_steps": _count("bucket sides are multiples of it", low=8, high=MAX_RESOLUTION,
                                 multiple_of=8),  # fmt: skip
+    "validation_loss_draws": _count("draws per image; 0 turns the validation loss off", low=0,
+                                    high=1024),  # fmt: skip
+    "early_stop_patience": _count("validations without a new best; 0 turns it off", low=0),
     "evaluation_budget": _real(0, 1e6, "a fraction of the training time, or 'none' for no limit",
                                optional=True),  # fmt: skip
 }

@@ -49,6 +49,7 @@ class Progress:
     losses: list[float] = field(default_factory=list)  # one mean loss per optimizer step
     nonfinite_steps: int = 0
     nonfinite_streak: int = 0
+    validation_losses: list[list[float]] = field(default_factory=list)  # [step, loss] pairs
 
 
 # --- RNG state -----------------------------------------------------------------------------------

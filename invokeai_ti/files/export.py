@@ -80,13 +80,15 @@ def save_learned_embeds(path: Path, token: str, vectors: torch.Tensor) -> Path:
     return save_torch(path, diffusers_layout(token, vectors))
 
 
-def save_step_embeds(output_dir: Path, token: str, vectors: list[torch.Tensor], step: int) -> Path:
-    """learned_embeds-steps-N.bin (2.3's name) for one encoder; for SDXL a .safetensors with
-    clip_l/clip_g."""
+def save_step_embeds(output_dir: Path, token: str, vectors: list[torch.Tensor], step: int,
+                     stem: str | None = None) -> Path:  # fmt: skip
+    """learned_embeds-steps-N.bin (2.3's name; `stem` another name) for one encoder; for SDXL a
+    .safetensors with clip_l/clip_g."""
+    stem = stem or f"learned_embeds-steps-{step}"
     if len(vectors) == 2:
-        target = output_dir / f"learned_embeds-steps-{step}.safetensors"
+        target = output_dir / f"{stem}.safetensors"
         return save_tensors(target, sdxl_layout(vectors), metadata=_metadata(token, step, "sdxl"))
-    return save_learned_embeds(output_dir / f"learned_embeds-steps-{step}.bin", token, vectors[0])
+    return save_learned_embeds(output_dir / f"{stem}.bin", token, vectors[0])
 
 
 def _metadata(token: str, step: int, fmt: str) -> dict[str, str]:

@@ -222,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     _number(g, "--evaluation_budget",
             help="fraction of the training time the grids and the quality report may take; what "
                  "does not fit is skipped and said ('none': no limit)")
+    _number(g, "--validation_loss_draws",
+            help="a deterministic validation loss at every validation step, on this many fixed "
+                 "(noise, timestep) draws per image (0: off)")
+    g.add_argument("--save_best", action=on_off, default=d.save_best,
+                   help="keep learned_embeds-best.bin, the step with the lowest validation loss")
+    _number(g, "--early_stop_patience",
+            help="stop after this many validations without a new best validation loss (0: off)")
     g.add_argument("--quality_report", action=on_off, default=d.quality_report,
                    help="write report.json (initializer vs learned loss) at the end")
 

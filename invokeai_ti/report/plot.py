@@ -42,8 +42,10 @@ def _matplotlib() -> tuple[Any, Any] | None:
     return Figure, MaxNLocator
 
 
-def save_loss_plot(output_dir: Path, losses: list[float]) -> Path | None:
-    """loss.png: the loss of every step (non-finite ones left out) and its moving average."""
+def save_loss_plot(output_dir: Path, losses: list[float],
+                   validation: list[list[float]] | None = None) -> Path | None:  # fmt: skip
+    """loss.png: the loss of every step (non-finite ones left out), its moving average, and the
+    validation losses ([step, loss] pairs) when there are any."""
     matplotlib = _matplotlib()
     if matplotlib is None or not losses:
         return None
@@ -55,6 +57,9 @@ def save_loss_plot(output_dir: Path, losses: list[float]) -> Path | None:
     ax = figure.add_subplot()
     ax.plot(steps, shown, linewidth=0.8, alpha=0.45, label="loss per step")
     ax.plot(steps, moving_average(losses, window), linewidth=2, label=f"mean of {window} steps")
+    if validation:
+        ax.plot([step for step, _ in validation], [loss for _, loss in validation], "o-",
+                linewidth=1.5, label="validation loss (fixed draws)")  # fmt: skip
     ax.xaxis.set_major_locator(integer_ticks(integer=True))
     ax.set_xlabel("step")
     ax.set_ylabel("denoising loss (MSE)")

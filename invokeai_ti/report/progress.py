@@ -163,6 +163,19 @@ class ProgressReporter:
         else:
             print(f"{label}: {done}/{total}", flush=True)
 
+    def validation(self, step: int, loss: float, best_step: int, best_loss: float) -> None:
+        """A validation loss: for the trackers, and a line (JSON: an object)."""
+        if not self.enabled:
+            return
+        self.scalars({"eval/validation_loss": loss}, step)
+        if self.format == "json":
+            print(json.dumps({"event": "validation", "step": step, "loss": _finite(loss, 6),
+                              "best_step": best_step, "best_loss": _finite(best_loss, 6)}),
+                  flush=True)  # fmt: skip
+        else:
+            self.message(f"step {step}: validation loss {loss:.4f} (best {best_loss:.4f} at step "
+                         f"{best_step})")  # fmt: skip
+
     def message(self, text: str) -> None:
         """A line for the user that must not break the bar."""
         if not self.enabled:
@@ -353,8 +366,10 @@ def describe_outputs(progress: Any, files: Any, observed: Any) -> list[str]:
     if observed.loss_plot or observed.validation_grid:
         shown = [str(x) for x in (observed.loss_plot, observed.validation_grid) if x]
         lines.append(f"See what it learned: {', '.join(shown)}")
+    if observed.best:
+        lines.append(observed.best)
     if observed.evaluation:
-        lines.append(f"Grids and report: {observed.evaluation}.")
+        lines.append(f"Evaluation (grids, report, validation loss): {observed.evaluation}.")
     if observed.skipped:
         lines.append(observed.skipped)
     if files.invokeai_copy and not files.invokeai_install:

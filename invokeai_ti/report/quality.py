@@ -130,9 +130,7 @@ def quality_report(components: Components, placeholders: list[Placeholder],
     """The denoising loss on the same draws with the initializer's vectors and with the current
     (learned) ones; the placeholders hold the learned vectors again afterwards."""
     num_images = latent_source.num_images
-    shapes = [latent_source.shape_of(i) for i in range(num_images)]
-    draws = make_draws(num_images, prompts.num_templates, shapes,
-                       components.noise_scheduler.config.num_train_timesteps, seed, per_image)  # fmt: skip
+    draws = fixed_draws(components, latent_source, prompts, seed, per_image)
     losses = {}
     for name, vectors in (("initializer", initial), ("learned", None)):
         with holding(placeholders, vectors):
@@ -140,6 +138,15 @@ def quality_report(components: Components, placeholders: list[Placeholder],
                                           batch_size, advance)  # fmt: skip
     return QualityReport(step, losses["initializer"], losses["learned"], num_images,
                          len(draws.t), seed)  # fmt: skip
+
+
+def fixed_draws(components: Components, latent_source: latents.LatentSource, prompts: Prompts,
+                seed: int, per_image: int) -> Draws:  # fmt: skip
+    """The same draws for every call with the same seed: the report's, or the validation loss's."""
+    num_images = latent_source.num_images
+    shapes = [latent_source.shape_of(i) for i in range(num_images)]
+    return make_draws(num_images, prompts.num_templates, shapes,
+                      components.noise_scheduler.config.num_train_timesteps, seed, per_image)  # fmt: skip
 
 
 @contextmanager

@@ -38,6 +38,7 @@ class Observed:
     quality: str | None = None  # the report's one line
     evaluation: str | None = None  # what the grids and the report cost, against the budget
     skipped: str | None = None  # what the budget had no room for
+    best: str | None = None  # the best validation loss and its step
 
 
 def validation_every(config: TrainingConfig) -> int:

@@ -12,6 +12,7 @@ import torch
 
 from invokeai_ti.config import TrainingConfig
 from invokeai_ti.errors import UserError
+from invokeai_ti.files import export
 from invokeai_ti.files.checkpoint import list_checkpoints, read_state
 from invokeai_ti.report import quality, validation
 from invokeai_ti.report.budget import EvaluationBudget
@@ -47,6 +48,9 @@ def evaluate_output(config: TrainingConfig, seed: int = quality.EVAL_SEED) -> st
 # --- grids and the report of a training run, within --evaluation_budget -------------------------
 
 REPORT_DRAWS_PER_IMAGE = (quality.DRAWS_PER_IMAGE, 8, 4)  # shrunk to fit; fewer would be noise
+# The validation loss's draws have a seed of their own: never training's nor the report's.
+VALIDATION_SEED = 5_550_123
+BEST_STEM = "learned_embeds-best"
 
 
 def start(run: Run, reporter: ProgressReporter) -> None:
@@ -63,6 +67,68 @@ def start(run: Run, reporter: ProgressReporter) -> None:
     run.initial_grid_pending = not validation.grid_path(cfg, 0).is_file()
     if run.initial_grid_pending and cfg.evaluation_budget is None and p.step < run.total_steps:
         draw_grid(run, reporter, 0, run.initial_vectors)
+
+
+def validation_loss(run: Run, reporter: ProgressReporter) -> None:
+    """The deterministic validation loss of this step: the training objective on fixed images,
+    noise, timesteps and prompts (--validation_loss_draws per image). Always computed when
+    --save_best or --early_stop_patience need it, else only within the budget; the best step's
+    embedding is kept as learned_embeds-best.bin with --save_best."""
+    cfg, p, budget = run.config, run.progress, run.budget
+    forwards = cfg.validation_loss_draws * run.latent_source.num_images
+    needed = cfg.save_best or cfg.early_stop_patience
+    if not forwards or (not needed and not budget.fits("validation loss", forwards)):
+        return
+    draws = quality.fixed_draws(run.components, run.latent_source, run.prompts, VALIDATION_SEED,
+                                cfg.validation_loss_draws)  # fmt: skip
+    with (budget.job("validation loss", forwards),
+          reporter.task("Validation loss", forwards) as advance):  # fmt: skip
+        loss = quality.denoising_loss(run.components, run.latent_source, run.prompts, run.time_ids,
+                                      draws, 2 * cfg.train_batch_size, advance)  # fmt: skip
+    p.validation_losses.append([p.step, loss])
+    best_step, best_loss = best_validation(p.validation_losses)
+    reporter.validation(p.step, loss, best_step, best_loss)
+    if cfg.save_best and best_step == p.step:
+        export.save_step_embeds(cfg.output_dir, cfg.placeholder_token or "",
+                                [ph.vectors for ph in run.placeholders], p.step, stem=BEST_STEM)  # fmt: skip
+
+
+def validation_loss_every(config: TrainingConfig) -> int:
+    """Steps between validation losses: --validation_steps, else --save_steps (grids or not)."""
+    if not config.validation_loss_draws:
+        return 0
+    return config.save_steps if config.validation_steps is None else config.validation_steps
+
+
+def final_validation_loss(run: Run, reporter: ProgressReporter,
+                          observed: validation.Observed) -> None:  # fmt: skip
+    """The last step's validation loss (unless it has one), and the best step in the summary."""
+    p, cfg = run.progress, run.config
+    if not (run.is_main and validation_loss_every(cfg)):
+        return
+    if not p.validation_losses or p.validation_losses[-1][0] != p.step:
+        validation_loss(run, reporter)
+    if p.validation_losses:
+        step, loss = best_validation(p.validation_losses)
+        kept = (f"; its embedding is {cfg.output_dir / BEST_STEM}.*" if cfg.save_best else
+                " (--save_best keeps its embedding)")  # fmt: skip
+        observed.best = (f"Validation loss: best {loss:.4f} at step {step}, of "
+                         f"{len(p.validation_losses)} validation(s){kept}.")  # fmt: skip
+
+
+def best_validation(losses: list[list[float]]) -> tuple[int, float]:
+    """(step, loss) of the lowest validation loss; the earliest of equal ones."""
+    step, loss = min(losses, key=lambda pair: pair[1])
+    return int(step), loss
+
+
+def patience_spent(run: Run) -> bool:
+    """--early_stop_patience validations in a row without a new best."""
+    patience, losses = run.config.early_stop_patience, run.progress.validation_losses
+    if not patience or len(losses) <= patience:
+        return False
+    best_step, _ = best_validation(losses)
+    return sum(1 for step, _ in losses if step > best_step) >= patience
 
 
 def periodic_grid(run: Run, reporter: ProgressReporter) -> None:

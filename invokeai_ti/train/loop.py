@@ -49,10 +49,12 @@ def train(config: TrainingConfig) -> RunResult:
         if not loop(run, reporter, stop):
             return saving.stop_and_save(run, reporter, stop)
         stop.disarm()
+        observed = validation.Observed()
+        evaluation.final_validation_loss(run, reporter, observed)  # before the last checkpoint
         started = time.perf_counter()
-        files, observed = saving.save_outputs(run), validation.Observed()
+        files = saving.save_outputs(run)
         if files is not None:
-            observed.loss_plot = plot.save_loss_plot(config.output_dir, p.losses)
+            observed.loss_plot = plot.save_loss_plot(config.output_dir, p.losses, p.validation_losses)
         run.seconds["final files"] = time.perf_counter() - started
         if files is not None:
             evaluation.final_jobs(run, reporter, observed)
@@ -97,6 +99,12 @@ def loop(run: Run, reporter: ProgressReporter, stop: StopRequest) -> bool:
             raise_nonfinite(run, last_good, reporter)
         if stop.requested:
             return False
+        if evaluation.patience_spent(run):
+            best_step, best = evaluation.best_validation(p.validation_losses)
+            reporter.message(f"Early stop at step {p.step}: {config.early_stop_patience} "
+                             f"validation(s) without a new best (best {best:.4f} at step "
+                             f"{best_step}; --early_stop_patience).")  # fmt: skip
+            break
     if p.nonfinite_streak:  # the final vectors gave a non-finite loss: they are not the result
         raise_nonfinite(run, last_good, reporter)
     return True
@@ -125,7 +133,11 @@ def periodic_jobs(run: Run, reporter: ProgressReporter) -> None:
         return  # the final step is saved by finish()
     if step % cfg.save_steps == 0:
         saving.save_step_embeds(run)
-        plot.save_loss_plot(cfg.output_dir, run.progress.losses)
+        plot.save_loss_plot(cfg.output_dir, run.progress.losses,
+                            run.progress.validation_losses)  # fmt: skip
+    loss_every = evaluation.validation_loss_every(cfg)
+    if loss_every and step % loss_every == 0:
+        evaluation.validation_loss(run, reporter)
     every = validation.validation_every(cfg)
     if every and step % every == 0:
         evaluation.periodic_grid(run, reporter)
@@ -149,7 +161,7 @@ def raise_nonfinite(run: Run, last_good: list[torch.Tensor], reporter: ProgressR
             placeholder.vectors.copy_(vectors)
     files = saving.save_outputs(run)
     if files is not None:
-        plot.save_loss_plot(run.config.output_dir, p.losses)
+        plot.save_loss_plot(run.config.output_dir, p.losses, p.validation_losses)
     where = f" The last good embedding is in {files.main}." if files else ""
     reporter.finish({"stopped_at": p.step, "nonfinite_steps": p.nonfinite_steps,
                      "embedding": str(files.main) if files else None}, event="stopped")  # fmt: skip
