@@ -175,9 +175,9 @@ def test_loss_plot_is_rewritten_at_each_save(root, cli, tmp_path, monkeypatch):
     plotted = []
     real = plot.save_loss_plot
 
-    def recording(output_dir, losses):
+    def recording(output_dir, losses, validation=None):
         plotted.append(list(losses))
-        return real(output_dir, losses)
+        return real(output_dir, losses, validation)
 
     monkeypatch.setattr(plot, "save_loss_plot", recording)
     out = tmp_path / "out"
