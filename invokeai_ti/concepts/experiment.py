@@ -41,7 +41,7 @@ class ExperimentSettings:
     num_samples: int = 32
     seed: int = 0
     initializer: str = "object"
-    train_background: str | None = "white"
+    train_background: str | None = None  # None: alternate the backgrounds other than the edit's
     edit_background: str = "black"
     num_train_images: int = 5
     peer: PeerSettings | None = None
@@ -96,7 +96,7 @@ def run_from_args(args: argparse.Namespace) -> None:
         if args.peer_launcher is None:
             raise UserError("--peer_script needs --peer_launcher (peer_launch.py).")
         peer = PeerSettings(args.peer_script, args.peer_launcher, args.peer_pythonpath)
-    background = None if args.train_background == "any" else args.train_background
+    background = args.train_background
     settings = ExperimentSettings(args.concept, args.model, args.out, args.steps, args.save_steps,
                                   args.learning_rate, args.batch_size, args.num_samples, args.seed,
                                   args.initializer, background, args.edit_background,
@@ -151,16 +151,28 @@ def seconds_to(points: list[dict], threshold: float) -> float | None:
     return next((p["seconds"] for p in points if p["rate"] >= threshold), None)
 
 
+def render_training_images(concept: str, images: Path, s: ExperimentSettings) -> None:
+    """5 renders; without --train_background they alternate white/gray (never the edit's):
+    a token trained on one background absorbs it and then refuses the edit (0.00 on black for a
+    token trained on white, against the caption's 0.41, at the 500-step snapshot)."""
+    from invokeai_ti.concepts.world import BACKGROUNDS, render_concept
+
+    others = [b for b in BACKGROUNDS if b != s.edit_background]
+    for i in range(s.num_train_images):
+        background = s.train_background or others[i % len(others)]
+        render_concept(concept, images, 1, s.seed + 1000 + i, background)
+
+
 def evaluate_concept(pipe, concept: str, s: ExperimentSettings) -> dict:
     """Train on 5 renders (ours, then the peer's), judge every prompt, return one result row."""
     from invokeai_ti.concepts.sampling import measure
-    from invokeai_ti.concepts.world import parse_concept, render_concept
+    from invokeai_ti.concepts.world import parse_concept
 
     colour, shape = parse_concept(concept)
     named = shape != "ring"
     folder = s.out_dir / concept
     images = folder / "images"
-    render_concept(concept, images, s.num_train_images, s.seed + 1000, s.train_background)
+    render_training_images(concept, images, s)
     subject = f"{colour} {shape}" if named else f"{colour} shape"
     n, seed, edit_bg = s.num_samples, s.seed, s.edit_background
     caption, caption_imgs = measure(pipe, PROMPT.format(subject), concept, n, seed)
