@@ -209,6 +209,7 @@ def pretrain(output_dir: Path, settings: PretrainSettings) -> Path:
     import copy
 
     from invokeai_ti.data.dataset import OBJECT_TEMPLATES
+    from invokeai_ti.models.tiny import write_clip_tokenizer_files
 
     torch.manual_seed(settings.seed)
     tokenizer, text_encoder, vae, unet = build_untrained(settings.seed)
@@ -234,4 +235,6 @@ def pretrain(output_dir: Path, settings: PretrainSettings) -> Path:
     make_pipeline(tokenizer, text_encoder, vae, unet).save_pretrained(
         str(output_dir), safe_serialization=True
     )
+    # vocab.json and merges.txt too: older transformers' slow CLIPTokenizer needs them.
+    write_clip_tokenizer_files(output_dir / "tokenizer")
     return output_dir
