@@ -1,0 +1,108 @@
+"""`python -m invokeai_ti.concepts list | render | judge | model | experiment`: the concept world's
+commands. Bad input is one line on stderr and exit code 2, as in the trainer's CLI."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from invokeai_ti.errors import UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m invokeai_ti.concepts",
+                                     description="The concept world: render, judge, the "
+                                     "pretrained miniature SD and the inversion experiment.")  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="every concept name; the ones captions never name are marked")
+    render = sub.add_parser("render", help="write N pictures of a concept")
+    render.add_argument("concept")
+    render.add_argument("dir", type=Path)
+    render.add_argument("--count", type=int, default=5)
+    render.add_argument("--seed", type=int, default=0)
+    render.add_argument("--background", default=None, help="white, black or gray (default: drawn)")
+    judge = sub.add_parser(
+        "judge", help="print JSON: fraction of images per concept and background"
+    )
+    judge.add_argument("dir", type=Path)
+    model = sub.add_parser("model", help="write the pretrained pipeline (a diffusers folder)")
+    model.add_argument("dir", type=Path)
+    model.add_argument(
+        "--pretrain",
+        action="store_true",
+        help="train it again from --seed instead of copying the shipped weights",
+    )
+    model.add_argument("--seed", type=int, default=0)
+    model.add_argument("--vae_steps", type=int, default=None)
+    model.add_argument("--unet_steps", type=int, default=None)
+    from invokeai_ti.concepts.experiment import add_arguments
+
+    add_arguments(sub.add_parser("experiment", help="recover a concept with invokeai-ti, judged"))
+    return parser
+
+
+def _list() -> None:
+    from invokeai_ti.concepts.world import CONCEPTS, GENERIC_SHAPE_WORD, is_named
+
+    for concept in CONCEPTS:
+        note = (
+            ""
+            if is_named(concept)
+            else (f"  (unnamed: captions call it '{concept.split('-')[0]} {GENERIC_SHAPE_WORD}')")
+        )
+        print(concept + note)
+
+
+def _model(args: argparse.Namespace) -> None:
+    from invokeai_ti.concepts.sampling import MODEL_DIR
+
+    if args.dir.exists() and any(args.dir.iterdir()):
+        raise UserError(f"{args.dir} exists and is not empty: give a new folder.")
+    if not args.pretrain:
+        shutil.copytree(MODEL_DIR, args.dir, dirs_exist_ok=True)
+        print(f"Wrote the pretrained concept-world pipeline to {args.dir}")
+        return
+    import torch
+
+    from invokeai_ti.concepts.pretrain import PretrainSettings, pretrain
+
+    torch.set_num_threads(1)  # one thread: the same seed gives the same weights on any machine
+    settings = PretrainSettings(seed=args.seed)
+    settings.vae_steps = args.vae_steps if args.vae_steps is not None else settings.vae_steps
+    settings.unet_steps = args.unet_steps if args.unet_steps is not None else settings.unet_steps
+    pretrain(args.dir, settings)
+    print(f"Pretrained the concept-world pipeline from seed {args.seed} into {args.dir}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.command == "list":
+            _list()
+        elif args.command == "render":
+            from invokeai_ti.concepts.world import render_concept
+
+            paths = render_concept(args.concept, args.dir, args.count, args.seed, args.background)
+            print(f"Wrote {len(paths)} images of {args.concept} to {args.dir}")
+        elif args.command == "judge":
+            from invokeai_ti.concepts.judge import judge_folder, to_json
+
+            print(to_json(judge_folder(args.dir)))
+        elif args.command == "model":
+            _model(args)
+        else:
+            from invokeai_ti.concepts.experiment import run_from_args
+
+            run_from_args(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

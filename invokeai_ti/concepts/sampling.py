@@ -1,0 +1,103 @@
+"""Sampling the concept-world pipeline at fixed seeds and judging what it drew."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from invokeai_ti.concepts.judge import judge_image
+
+MODEL_DIR = Path(__file__).resolve().parent / "model"
+# Sampling settings of every measurement; the ceiling, the initializer and the learned token are
+# all drawn with these, so their rates compare.
+NUM_INFERENCE_STEPS = 20
+GUIDANCE_SCALE = 4.0
+
+
+def load_pipeline(model_dir: Path = MODEL_DIR):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from invokeai_ti.errors import ModelError
+
+    if not (model_dir / "model_index.json").is_file():
+        raise ModelError(f"{model_dir} is not a diffusers pipeline folder (no model_index.json).")
+    pipe = StableDiffusionPipeline.from_pretrained(str(model_dir), safety_checker=None,
+                                                   requires_safety_checker=False)  # fmt: skip
+    # StableDiffusionPipeline.__init__ resets clip_sample to False (an SD1 compatibility rule),
+    # but this model needs its predicted x0 clipped (see pretrain.make_pipeline): reload the
+    # scheduler as the folder stores it.
+    pipe.scheduler = DDIMScheduler.from_pretrained(str(model_dir), subfolder="scheduler")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def add_token(pipe, token: str, vectors: torch.Tensor) -> None:
+    """Splice one new token with its [1, dim] vector into the pipeline's tokenizer and encoder
+    (replacing the vector if the token is already there)."""
+    if token not in pipe.tokenizer.get_vocab():
+        pipe.tokenizer.add_tokens([token])
+        pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer))
+    token_id = pipe.tokenizer.convert_tokens_to_ids(token)
+    with torch.no_grad():
+        pipe.text_encoder.get_input_embeddings().weight[token_id] = vectors.reshape(-1)
+
+
+def load_embedding(pipe, path: Path) -> str:
+    """Add the token of an embedding file (ours or the diffusers script's); returns the token."""
+    from invokeai_ti.files.formats import read_embedding
+
+    embedding = read_embedding(path)
+    token = embedding.tokens[0] if embedding.tokens else "<learned>"
+    add_token(pipe, token, embedding.vectors[0][:1])
+    return token
+
+
+def sample(pipe, prompt: str, num_images: int, seed: int = 0) -> np.ndarray:
+    """[n, 32, 32, 3] uint8 from seeds seed..seed+n-1 (one generator each, so image i does not
+    depend on n)."""
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(num_images)]
+    with torch.no_grad():
+        out = pipe([prompt] * num_images, num_inference_steps=NUM_INFERENCE_STEPS,
+                   guidance_scale=GUIDANCE_SCALE, generator=generators, output_type="np")  # fmt: skip
+    return (out.images * 255).round().clip(0, 255).astype(np.uint8)
+
+
+@dataclass
+class Rate:
+    """How many of the judged images show the concept (and the background, when one is asked)."""
+
+    prompt: str
+    hits: int
+    total: int
+
+    @property
+    def value(self) -> float:
+        return self.hits / self.total
+
+
+def judged_rate(images: np.ndarray, concept: str, background: str | None = None) -> int:
+    hits = 0
+    for image in images:
+        verdict = judge_image(image)
+        hits += verdict.concept == concept and (
+            background is None or verdict.background == background
+        )
+    return hits
+
+
+def measure(pipe, prompt: str, concept: str, num_images: int, seed: int = 0,
+            background: str | None = None) -> tuple[Rate, np.ndarray]:  # fmt: skip
+    images = sample(pipe, prompt, num_images, seed)
+    return Rate(prompt, judged_rate(images, concept, background), num_images), images
+
+
+def grid(rows: list[np.ndarray], scale: int = 3) -> PIL.Image.Image:  # noqa: F821
+    """Rows of equal-length [n, 32, 32, 3] images as one picture, each pixel `scale` x `scale`."""
+    from PIL import Image
+
+    pixels = np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
+    image = Image.fromarray(pixels)
+    return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)

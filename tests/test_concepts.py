@@ -1,0 +1,181 @@
+"""The concept world: the judge is right on fresh renders, the commands work as subprocesses, the
+pretraining script still runs, the shipped model draws its captions, and (the CI test) a concept
+not used for tuning is recovered through the real `invokeai-ti` CLI within 90 s of CPU."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from invokeai_ti.concepts.judge import judge_image
+from invokeai_ti.concepts.world import CONCEPTS, random_scene, render
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def concepts_command(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "invokeai_ti.concepts", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def test_judge_is_right_on_960_fresh_renders():
+    """Seeds the judge was never tuned on; concept and background must both be right."""
+    rng = random.Random(20261204)
+    scenes = [random_scene(rng) for _ in range(960)]
+    right = sum(judge_image(render(s)).concept == s.concept
+                and judge_image(render(s)).background == s.background for s in scenes)  # fmt: skip
+    assert right / len(scenes) >= 0.98
+    assert {s.concept for s in scenes} == set(CONCEPTS)  # every concept was drawn
+
+
+def test_renders_are_deterministic_from_the_seed(tmp_path):
+    from invokeai_ti.concepts.world import render_concept
+
+    first = render_concept("red-circle", tmp_path / "a", 3, seed=7)
+    second = render_concept("red-circle", tmp_path / "b", 3, seed=7)
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
+
+
+def test_list_render_and_judge_commands(tmp_path):
+    listed = concepts_command("list")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == list(CONCEPTS)
+    assert [line.split()[0] for line in lines if "unnamed" in line] == [
+        c for c in CONCEPTS if c.endswith("-ring")]  # fmt: skip
+    rendered = concepts_command("render", "green-triangle", str(tmp_path), "--count", "6",
+                                "--seed", "3", "--background", "black")  # fmt: skip
+    assert rendered.returncode == 0, rendered.stderr
+    assert len(list(tmp_path.glob("*.png"))) == 6
+    judged = concepts_command("judge", str(tmp_path))
+    assert judged.returncode == 0, judged.stderr
+    summary = json.loads(judged.stdout)
+    assert summary["images"] == 6
+    assert summary["concept"] == {"green-triangle": 1.0}
+    assert summary["background"] == {"black": 1.0}
+
+
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path):
+    for args in (["render", "purple-star", str(tmp_path)], ["judge", str(tmp_path / "none")],
+                 ["render", "red-circle", str(tmp_path), "--count", "0"]):  # fmt: skip
+        result = concepts_command(*args)
+        assert result.returncode == 2
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.stderr.startswith("error: ")
+
+
+def test_pretraining_script_runs_a_few_steps(tmp_path):
+    """CI keeps the script alive: a few VAE and UNet steps, then a loadable diffusers folder."""
+    result = concepts_command("model", str(tmp_path / "model"), "--pretrain", "--seed", "1",
+                              "--vae_steps", "2", "--unet_steps", "2", timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "model"))
+    assert pipe.tokenizer.vocab_size == 49408
+    assert pipe.vae.config.scaling_factor > 0
+
+
+@pytest.fixture(scope="module")
+def shipped_pipeline():
+    from invokeai_ti.concepts.sampling import MODEL_DIR, load_pipeline
+
+    assert (MODEL_DIR / "model_index.json").is_file(), "the shipped weights are missing"
+    return load_pipeline(MODEL_DIR)
+
+
+def test_shipped_weights_are_small_safetensors():
+    from invokeai_ti.concepts.sampling import MODEL_DIR
+
+    weights = list(MODEL_DIR.rglob("*.safetensors"))
+    assert {p.parent.name for p in weights} == {"text_encoder", "unet", "vae"}
+    assert sum(p.stat().st_size for p in weights) <= 20 * 2**20
+    assert not list(MODEL_DIR.rglob("*.bin"))
+
+
+@pytest.mark.parametrize(
+    "concept, background", [("red-circle", "black"), ("green-circle", "white")]
+)
+def test_shipped_model_draws_its_captions(shipped_pipeline, concept, background):
+    """StableDiffusionPipeline.from_pretrained loads it, and 32 samples of a caption show the
+    captioned colour and background (measured 1.00 and 1.00 for both) and the whole concept far
+    above the 1 in 48 of chance (measured 0.66 and 0.53; the issue's 0.9 is not reached, see
+    examples/concepts-results-2026-12-04.md)."""
+    from invokeai_ti.concepts.judge import judge_image
+    from invokeai_ti.concepts.sampling import sample
+
+    colour, shape = concept.split("-")
+    images = sample(shipped_pipeline, f"a {colour} {shape} on a {background} background", 32, 500)
+    verdicts = [judge_image(image) for image in images]
+    assert sum(v.colour == colour for v in verdicts) / 32 >= 0.85
+    assert sum(v.background == background for v in verdicts) / 32 >= 0.85
+    assert sum(v.concept == concept and v.background == background for v in verdicts) / 32 >= 0.35
+
+
+# The experiment's settings were tuned on red-circle; the CI test uses another concept.
+CI_CONCEPT, CI_STEPS = "yellow-square", 200
+
+
+@pytest.fixture(scope="module")
+def ci_run(tmp_path_factory, shipped_pipeline) -> dict:
+    """5 renders, the real `invokeai-ti` CLI in a subprocess, 32 samples of "a photo of a <t>"
+    judged; the CPU seconds of training plus sampling, and the rates before and after."""
+    import resource
+    import time
+
+    from invokeai_ti.concepts.experiment import PROMPT, TOKEN, ExperimentSettings, our_command
+    from invokeai_ti.concepts.judge import judge_image
+    from invokeai_ti.concepts.sampling import MODEL_DIR, add_token, load_embedding, sample
+    from invokeai_ti.concepts.world import render_concept
+
+    tmp_path = tmp_path_factory.mktemp("ci")
+    colour, shape = CI_CONCEPT.split("-")
+
+    def rates(prompt: str) -> tuple[float, float]:
+        verdicts = [judge_image(image) for image in sample(shipped_pipeline, prompt, 32)]
+        return (sum(v.concept == CI_CONCEPT for v in verdicts) / 32,
+                sum(v.colour == colour for v in verdicts) / 32)  # fmt: skip
+
+    caption, _ = rates(PROMPT.format(f"{colour} {shape}"))
+    embeddings = shipped_pipeline.text_encoder.get_input_embeddings().weight
+    object_id = shipped_pipeline.tokenizer.convert_tokens_to_ids("object</w>")
+    add_token(shipped_pipeline, TOKEN, embeddings[object_id].detach().clone()[None])
+    initializer, initializer_colour = rates(PROMPT.format(TOKEN))
+    images = tmp_path / "images"
+    render_concept(CI_CONCEPT, images, 5, seed=1000, background="white")
+    children, own = resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time()
+    settings = ExperimentSettings([CI_CONCEPT], MODEL_DIR, tmp_path)
+    result = subprocess.run(our_command(settings, images, tmp_path / "run", CI_STEPS), cwd=REPO,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    load_embedding(shipped_pipeline, tmp_path / "run" / "learned_embeds.bin")
+    learned, learned_colour = rates(PROMPT.format(TOKEN))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
+    return dict(caption=caption, initializer=initializer, initializer_colour=initializer_colour,
+                learned=learned, learned_colour=learned_colour,
+                cpu=cpu + time.process_time() - own)  # fmt: skip
+
+
+def test_ci_concept_not_used_for_tuning_is_learned_within_90_s_of_cpu(ci_run):
+    """The CI test: a concept the settings were not tuned on; the learned token draws the
+    concept's colour (measured 1.00 on this machine), which the initializer does not (0.00),
+    and training plus sampling fit in 90 s of CPU."""
+    assert ci_run["initializer_colour"] <= 0.2, ci_run
+    assert ci_run["initializer"] <= 0.2, ci_run
+    assert ci_run["learned_colour"] >= 0.75, ci_run
+    assert ci_run["cpu"] <= 90, ci_run
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 17's bar is not reached by the shipped model: "
+    "learned 0.22 against 0.9 x the caption's 0.59 (the shape is not recovered)",
+)
+def test_ci_concept_reaches_the_issue_recovery_bar(ci_run):
+    assert ci_run["learned"] >= 0.9 * ci_run["caption"], ci_run
