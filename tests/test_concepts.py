@@ -164,8 +164,8 @@ def ci_run(tmp_path_factory, shipped_pipeline) -> dict:
 
 def test_ci_concept_not_used_for_tuning_is_learned_within_90_s_of_cpu(ci_run):
     """The CI test: a concept the settings were not tuned on; the learned token draws the
-    concept's colour (measured 1.00 on this machine), which the initializer does not (0.00),
-    and training plus sampling fit in 90 s of CPU."""
+    concept's colour in >= 3/4 of 32 samples, which the initializer does not (<= 0.2), and
+    training plus sampling fit in 90 s of CPU."""
     assert ci_run["initializer_colour"] <= 0.2, ci_run
     assert ci_run["initializer"] <= 0.2, ci_run
     assert ci_run["learned_colour"] >= 0.75, ci_run

@@ -34,7 +34,7 @@ class ExperimentSettings:
     concepts: list[str]
     model_dir: Path
     out_dir: Path
-    steps: int = 300
+    steps: int = 150
     save_steps: int = 50
     learning_rate: float = 5e-3
     batch_size: int = 4
