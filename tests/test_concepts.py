@@ -164,8 +164,8 @@ def ci_run(tmp_path_factory, shipped_pipeline) -> dict:
 
 def test_ci_concept_not_used_for_tuning_is_learned_within_90_s_of_cpu(ci_run):
     """The CI test: a concept the settings were not tuned on; the learned token draws the
-    concept's colour (measured 1.00 on this machine), which the initializer does not (0.00),
-    and training plus sampling fit in 90 s of CPU."""
+    concept's colour in >= 3/4 of 32 samples, which the initializer does not (<= 0.2), and
+    training plus sampling fit in 90 s of CPU."""
     assert ci_run["initializer_colour"] <= 0.2, ci_run
     assert ci_run["initializer"] <= 0.2, ci_run
     assert ci_run["learned_colour"] >= 0.75, ci_run
@@ -179,3 +179,17 @@ def test_ci_concept_not_used_for_tuning_is_learned_within_90_s_of_cpu(ci_run):
 )
 def test_ci_concept_reaches_the_issue_recovery_bar(ci_run):
     assert ci_run["learned"] >= 0.9 * ci_run["caption"], ci_run
+
+
+def test_experiment_command_writes_json_markdown_and_picture(tmp_path):
+    """The experiment end to end at toy size: 4 steps of the real CLI, 4 samples per prompt."""
+    result = concepts_command("experiment", "--concept", "blue-circle", "--out", str(tmp_path),
+                              "--steps", "4", "--save_steps", "2", "--num_samples", "4",
+                              timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    (row,) = results["rows"]
+    assert [p["step"] for p in row["ours_curve"]] == [2, 4]
+    assert 0 <= row["learned"] <= 1 and 0 <= row["caption"] <= 1
+    assert "| blue-circle |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "samples.png").stat().st_size > 0

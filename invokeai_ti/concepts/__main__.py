@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from invokeai_ti.concepts.experiment import run_from_args
 
-            run_from_args(args)
+            paths = run_from_args(args)
+            print(f"Results: {', '.join(str(p) for p in paths)}")
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -34,7 +34,7 @@ class ExperimentSettings:
     concepts: list[str]
     model_dir: Path
     out_dir: Path
-    steps: int = 300
+    steps: int = 150
     save_steps: int = 50
     learning_rate: float = 5e-3
     batch_size: int = 4
@@ -90,7 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_from_args(args: argparse.Namespace) -> None:
+def run_from_args(args: argparse.Namespace) -> list[Path]:
+    """Run the experiment the flags describe; returns the results JSON, markdown and picture."""
     peer = None
     if args.peer_script is not None:
         if args.peer_launcher is None:
@@ -104,8 +105,7 @@ def run_from_args(args: argparse.Namespace) -> None:
     results = run_experiment(settings)
     from invokeai_ti.concepts.report import write_report
 
-    paths = write_report(results, settings.out_dir)
-    print(f"Results: {', '.join(str(p) for p in paths)}")
+    return write_report(results, settings.out_dir)
 
 
 def our_command(s: ExperimentSettings, images: Path, output: Path, steps: int) -> list[str]:
