@@ -43,7 +43,11 @@ def train(root: Path, steps: int) -> Path:
         f"--placeholder_token={TOKEN}", "--resolution=32", "--train_batch_size=4",
         f"--max_train_steps={steps}", "--learning_rate=5e-3", "--no-scale_lr",
         "--lr_scheduler=constant", "--lr_warmup_steps=0", "--adam_weight_decay=0",
-        "--only_save_embeds", "--report_to=none", "--seed=0", "--validation_steps=0",
+        "--only_save_embeds", "--report_to=none", "--seed=0",
+        # No grids (this model needs its own sampler, below); a validation loss every 25 steps on
+        # fixed draws, whose curve falls where the per-step loss is noise, and the best step kept.
+        "--validation_steps=25", "--num_validation_images=0", "--validation_loss_draws=8",
+        "--save_best", "--evaluation_budget=none",  # the report too: seconds on this model
     ]  # fmt: skip
     print("$ invokeai-ti " + " ".join(command[3:]))
     subprocess.run(command, check=True, env=dict(os.environ, INVOKEAI_ROOT=str(root)))

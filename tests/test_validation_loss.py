@@ -24,8 +24,8 @@ def state(out, step):
 
 
 def test_best_step_and_patience_from_the_validation_losses():
-    losses = [[2, 1.0], [4, 0.8], [6, 0.9], [8, 0.8]]
-    assert evaluation.best_validation(losses) == (4, 0.8)  # the earliest of equal ones
+    losses = [[0, 0.5], [2, 1.0], [4, 0.8], [6, 0.9], [8, 0.8]]
+    assert evaluation.best_validation(losses) == (4, 0.8)  # the earliest; step 0 is the baseline
 
     class Run:
         class config:
@@ -48,9 +48,9 @@ def test_save_best_keeps_the_lowest_validation_loss_and_it_resumes_exactly(root,
     assert a.code == 0, a.err
     events = [json.loads(line) for line in a.out.splitlines()]
     validations = [e for e in events if e["event"] == "validation"]
-    assert [e["step"] for e in validations] == [2, 4]
+    assert [e["step"] for e in validations] == [0, 2, 4]  # 0: the initializer, measured at step 2
     losses = state(straight, 4)["progress"]["validation_losses"]
-    assert [step for step, _ in losses] == [2, 4]
+    assert [step for step, _ in losses] == [0, 2, 4]
     assert [round(loss, 6) for _, loss in losses] == [e["loss"] for e in validations]
     best_step, _ = evaluation.best_validation(losses)
     best = torch.load(straight / "learned_embeds-best.bin", weights_only=True)[TOKEN]
@@ -79,7 +79,7 @@ def test_the_validation_loss_is_the_training_objective_on_fixed_draws(root, cli,
 
 
 def test_early_stop_after_patience_validations_without_a_new_best(root, cli, tmp_path, monkeypatch):
-    rising = iter([1.0, 1.1, 1.2, 1.3, 1.4, 1.5])
+    rising = iter([0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5])  # the first: the initializer
     monkeypatch.setattr(quality, "denoising_loss", lambda *args, **kwargs: next(rising))
     out = tmp_path / "out"
     result = cli(*train_flags(root, out, "--max_train_steps", "20", "--early_stop_patience", "2",
@@ -88,7 +88,7 @@ def test_early_stop_after_patience_validations_without_a_new_best(root, cli, tmp
     assert "Early stop at step 6: 2 validation(s) without a new best (best 1.0000 at step 2" in result.out
     assert "Trained 6 steps" in result.out
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6"]
-    assert state(out, 6)["progress"]["validation_losses"] == [[2, 1.0], [4, 1.1], [6, 1.2]]
+    assert state(out, 6)["progress"]["validation_losses"] == [[0, 0.9], [2, 1.0], [4, 1.1], [6, 1.2]]
     best = torch.load(out / "learned_embeds-best.bin", weights_only=True)[TOKEN]
     assert torch.equal(best, torch.load(out / "learned_embeds-steps-2.bin", weights_only=True)[TOKEN])
 

@@ -57,13 +57,20 @@ def save_loss_plot(output_dir: Path, losses: list[float],
     ax = figure.add_subplot()
     ax.plot(steps, shown, linewidth=0.8, alpha=0.45, label="loss per step")
     ax.plot(steps, moving_average(losses, window), linewidth=2, label=f"mean of {window} steps")
-    if validation:
-        ax.plot([step for step, _ in validation], [loss for _, loss in validation], "o-",
-                linewidth=1.5, label="validation loss (fixed draws)")  # fmt: skip
     ax.xaxis.set_major_locator(integer_ticks(integer=True))
     ax.set_xlabel("step")
     ax.set_ylabel("denoising loss (MSE)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    if validation:
+        # Its own axis: fixed draws move by a few percent, which the noisy per-step loss's range
+        # would flatten into a line.
+        twin = ax.twinx()
+        twin.plot([step for step, _ in validation], [loss for _, loss in validation], "o-",
+                  color="C2", linewidth=1.5, label="validation loss (fixed draws, right axis)")  # fmt: skip
+        twin.set_ylabel("validation loss")
+        more_handles, more_labels = twin.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    ax.legend(handles, labels)
     figure.tight_layout()
     return atomic_write(output_dir / LOSS_PLOT, lambda tmp: figure.savefig(tmp, format="png"))

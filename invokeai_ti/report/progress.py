@@ -172,6 +172,8 @@ class ProgressReporter:
             print(json.dumps({"event": "validation", "step": step, "loss": _finite(loss, 6),
                               "best_step": best_step, "best_loss": _finite(best_loss, 6)}),
                   flush=True)  # fmt: skip
+        elif step == 0:
+            self.message(f"step 0 (the initializer): validation loss {loss:.4f}")
         else:
             self.message(f"step {step}: validation loss {loss:.4f} (best {best_loss:.4f} at step "
                          f"{best_step})")  # fmt: skip

@@ -76,21 +76,36 @@ def validation_loss(run: Run, reporter: ProgressReporter) -> None:
     embedding is kept as learned_embeds-best.bin with --save_best."""
     cfg, p, budget = run.config, run.progress, run.budget
     forwards = cfg.validation_loss_draws * run.latent_source.num_images
+    # A new run's first validation also measures the initializer (step 0), the curve's baseline.
+    baseline = not p.validation_losses and run.resumed_from is None
     needed = cfg.save_best or cfg.early_stop_patience
-    if not forwards or (not needed and not budget.fits("validation loss", forwards)):
+    if not forwards or (not needed and not budget.fits("validation loss", forwards * (1 + baseline))):
         return
-    draws = quality.fixed_draws(run.components, run.latent_source, run.prompts, VALIDATION_SEED,
-                                cfg.validation_loss_draws)  # fmt: skip
-    with (budget.job("validation loss", forwards),
-          reporter.task("Validation loss", forwards) as advance):  # fmt: skip
-        loss = quality.denoising_loss(run.components, run.latent_source, run.prompts, run.time_ids,
-                                      draws, 2 * cfg.train_batch_size, advance)  # fmt: skip
+    if baseline:
+        loss = measure_validation_loss(run, reporter, run.initial_vectors)
+        p.validation_losses.append([0, loss])
+        reporter.validation(0, loss, 0, loss)
+    loss = measure_validation_loss(run, reporter)
     p.validation_losses.append([p.step, loss])
     best_step, best_loss = best_validation(p.validation_losses)
     reporter.validation(p.step, loss, best_step, best_loss)
     if cfg.save_best and best_step == p.step:
         export.save_step_embeds(cfg.output_dir, cfg.placeholder_token or "",
                                 [ph.vectors for ph in run.placeholders], p.step, stem=BEST_STEM)  # fmt: skip
+
+
+def measure_validation_loss(run: Run, reporter: ProgressReporter,
+                            vectors: list[torch.Tensor] | None = None) -> float:  # fmt: skip
+    """The training objective on the validation draws, with `vectors` (None: the current ones)."""
+    cfg = run.config
+    forwards = cfg.validation_loss_draws * run.latent_source.num_images
+    draws = quality.fixed_draws(run.components, run.latent_source, run.prompts, VALIDATION_SEED,
+                                cfg.validation_loss_draws)  # fmt: skip
+    with (run.budget.job("validation loss", forwards),
+          reporter.task("Validation loss", forwards) as advance,
+          quality.holding(run.placeholders, vectors)):  # fmt: skip
+        return quality.denoising_loss(run.components, run.latent_source, run.prompts,
+                                      run.time_ids, draws, 2 * cfg.train_batch_size, advance)  # fmt: skip
 
 
 def validation_loss_every(config: TrainingConfig) -> int:
@@ -117,8 +132,10 @@ def final_validation_loss(run: Run, reporter: ProgressReporter,
 
 
 def best_validation(losses: list[list[float]]) -> tuple[int, float]:
-    """(step, loss) of the lowest validation loss; the earliest of equal ones."""
-    step, loss = min(losses, key=lambda pair: pair[1])
+    """(step, loss) of the lowest validation loss of a trained step (step 0, the initializer, is
+    the baseline, not a candidate); the earliest of equal ones."""
+    trained = [pair for pair in losses if pair[0] > 0] or losses
+    step, loss = min(trained, key=lambda pair: pair[1])
     return int(step), loss
 
 
