@@ -75,7 +75,7 @@ def validation_loss(run: Run, reporter: ProgressReporter) -> None:
     --save_best or --early_stop_patience need it, else only within the budget; the best step's
     embedding is kept as learned_embeds-best.bin with --save_best."""
     cfg, p, budget = run.config, run.progress, run.budget
-    forwards = cfg.validation_loss_draws * run.latent_source.num_images
+    forwards = validation_forwards(run)
     # A new run's first validation also measures the initializer (step 0), the curve's baseline.
     baseline = not p.validation_losses and run.resumed_from is None
     needed = cfg.save_best or cfg.early_stop_patience
@@ -98,7 +98,7 @@ def measure_validation_loss(run: Run, reporter: ProgressReporter,
                             vectors: list[torch.Tensor] | None = None) -> float:  # fmt: skip
     """The training objective on the validation draws, with `vectors` (None: the current ones)."""
     cfg = run.config
-    forwards = cfg.validation_loss_draws * run.latent_source.num_images
+    forwards = validation_forwards(run)
     draws = quality.fixed_draws(run.components, run.latent_source, run.prompts, VALIDATION_SEED,
                                 cfg.validation_loss_draws)  # fmt: skip
     with (run.budget.job("validation loss", forwards),
@@ -106,6 +106,11 @@ def measure_validation_loss(run: Run, reporter: ProgressReporter,
           quality.holding(run.placeholders, vectors)):  # fmt: skip
         return quality.denoising_loss(run.components, run.latent_source, run.prompts,
                                       run.time_ids, draws, 2 * cfg.train_batch_size, advance)  # fmt: skip
+
+
+def validation_forwards(run: Run) -> int:
+    """A validation loss's cost in UNet passes: its draws, each with the current vectors."""
+    return run.config.validation_loss_draws * run.latent_source.num_images
 
 
 def validation_loss_every(config: TrainingConfig) -> int:
@@ -152,7 +157,7 @@ def periodic_grid(run: Run, reporter: ProgressReporter) -> None:
     """A --validation_steps grid (and the step-0 grid still owed) when the budget leaves room for
     the final grids and the report."""
     budget, forwards = run.budget, validation.grid_forwards(run.config)
-    reserve = sum(cost or 0.0 for _, cost in final_jobs_cost(run))  # the last grid and the report
+    reserve = final_reserve(run)
     if run.initial_grid_pending and budget.fits("grid", forwards, reserve):
         draw_grid(run, reporter, 0, run.initial_vectors)
     if run.initial_grid_pending:  # still owed: it goes before any other grid
@@ -198,15 +203,15 @@ def final_jobs(run: Run, reporter: ProgressReporter, observed: validation.Observ
     observed.evaluation = budget.describe()
 
 
-def final_jobs_cost(run: Run) -> list[tuple[str, float | None]]:
-    """What final_jobs() would spend at least: the last grid and the smallest report."""
+def final_reserve(run: Run) -> float:
+    """Seconds final_jobs() will spend at least: the last grid and the smallest report."""
     cfg, budget = run.config, run.budget
     costs = []
     if validation.validation_every(cfg):
-        costs.append(("grid", budget.cost("grid", validation.grid_forwards(cfg))))
+        costs.append(budget.cost("grid", validation.grid_forwards(cfg)))
     if cfg.quality_report:
-        costs.append(("report", budget.cost("report", report_forwards(run, REPORT_DRAWS_PER_IMAGE[-1]))))
-    return costs
+        costs.append(budget.cost("report", report_forwards(run, REPORT_DRAWS_PER_IMAGE[-1])))
+    return sum(cost or 0.0 for cost in costs)
 
 
 def draw_grid(run: Run, reporter: ProgressReporter, step: int,
