@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image, ImageDraw
-from test_checkpoint import EXACT, assert_same_run, final_state, flags, interrupt_after
+from test_checkpoint import (
+    EXACT,
+    assert_same_run,
+    final_state,
+    flags,
+    interrupt_after,
+    reference_run,
+)
 
 from invokeai_ti.data import buckets, dataset
 from invokeai_ti.front.cli import parse_config
@@ -138,16 +145,12 @@ def test_the_plan_says_which_bucket_holds_how_many(cli, root, tmp_path):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_sd1) -> tuple[Path, Path]:
-    from invokeai_ti.front.cli import main
     from invokeai_ti.models.tiny import write_models_yaml
 
     root = tmp_path_factory.mktemp("bucket-exact") / "invokeai"
     write_models_yaml(root, {"stable-diffusion-1.5": tiny_sd1}, default="stable-diffusion-1.5")
     make_shapes(root / "text-inversion-training-data" / "psychedelic", alpha=True)
-    out = root / "reference"
-    assert main(flags(root, out, *EXACT, *BUCKETS, "--alpha_mask")) == 0
-    assert final_state(out)[0]["progress"]["step"] == 5
-    return root, out
+    return root, reference_run(root, *BUCKETS, "--alpha_mask")
 
 
 def test_buckets_resume_bit_exact_and_other_buckets_are_refused(cli, reference, monkeypatch):

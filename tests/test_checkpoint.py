@@ -59,6 +59,16 @@ def final_state(out: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return json.loads((folder / ckpt.STATE_FILE).read_text()), load_file(folder / ckpt.TENSORS_FILE)
 
 
+def reference_run(root: Path, *extra: str) -> Path:
+    """The uninterrupted 5-step run (EXACT flags) that a stopped and resumed one must equal."""
+    from invokeai_ti.front.cli import main
+
+    out = root / "reference"
+    assert main(flags(root, out, *EXACT, *extra)) == 0
+    assert final_state(out)[0]["progress"]["step"] == 5
+    return out
+
+
 def interrupt_after(monkeypatch, step: int, signum: int = signal.SIGINT) -> None:
     """Deliver a real signal to this process right after optimizer step `step`."""
     report_step = loop.report_step
@@ -87,16 +97,12 @@ def reference(tmp_path_factory, tiny_sd1, concept_images) -> tuple[Path, Path]:
     """One uninterrupted run of EXACT, shared by the resume cases: (root, output folder)."""
     import shutil
 
-    from invokeai_ti.front.cli import main
     from invokeai_ti.models.tiny import write_models_yaml
 
     root = tmp_path_factory.mktemp("exact") / "invokeai"
     write_models_yaml(root, {"stable-diffusion-1.5": tiny_sd1}, default="stable-diffusion-1.5")
     shutil.copytree(concept_images, root / "text-inversion-training-data" / "psychedelic")
-    out = root / "reference"
-    assert main(flags(root, out, *EXACT)) == 0
-    assert final_state(out)[0]["progress"]["step"] == 5
-    return root, out
+    return root, reference_run(root)
 
 
 # k=3 stops mid-epoch (resumed by `latest`); k=1 mid-epoch and k=2 at an epoch end (by path) are

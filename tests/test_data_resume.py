@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_checkpoint import EXACT, assert_same_run, final_state, flags, interrupt_after
+from test_checkpoint import (
+    EXACT,
+    assert_same_run,
+    final_state,
+    flags,
+    interrupt_after,
+    reference_run,
+)
 from test_masks import make_cutouts
 
 from invokeai_ti.files import checkpoint as ckpt
@@ -34,13 +41,8 @@ def make_data_root(base: Path, tiny_sd1: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_sd1) -> tuple[Path, Path]:
-    from invokeai_ti.front.cli import main
-
     root = make_data_root(tmp_path_factory.mktemp("data-exact"), tiny_sd1)
-    out = root / "reference"
-    assert main(flags(root, out, *EXACT, *DATA)) == 0
-    assert final_state(out)[0]["progress"]["step"] == 5
-    return root, out
+    return root, reference_run(root, *DATA)
 
 
 def test_captions_and_masks_resume_bit_exact(cli, reference, monkeypatch):
