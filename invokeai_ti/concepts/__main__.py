@@ -38,6 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--seed", type=int, default=0)
     model.add_argument("--vae_steps", type=int, default=None)
     model.add_argument("--unet_steps", type=int, default=None)
+    model.add_argument("--batch_size", type=int, default=None)
+    model.add_argument("--device", default="cpu", help="cpu (the default; reproducible on any "
+                       "machine) or cuda")  # fmt: skip
+    model.add_argument("--pool_size", type=int, default=0,
+                       help="render this many scenes once and draw batches from them (for a GPU)")  # fmt: skip
+    model.add_argument("--unet_seconds", type=float, default=0.0,
+                       help="stop the UNet at this wall time; pretrain.json says the step")  # fmt: skip
+    model.add_argument("--snapshot_every", type=int, default=500)
     from invokeai_ti.concepts.experiment import add_arguments
 
     add_arguments(sub.add_parser("experiment", help="recover a concept with invokeai-ti, judged"))
@@ -69,10 +77,16 @@ def _model(args: argparse.Namespace) -> None:
 
     from invokeai_ti.concepts.pretrain import PretrainSettings, pretrain
 
-    torch.set_num_threads(1)  # one thread: the same seed gives the same weights on any machine
-    settings = PretrainSettings(seed=args.seed)
-    settings.vae_steps = args.vae_steps if args.vae_steps is not None else settings.vae_steps
-    settings.unet_steps = args.unet_steps if args.unet_steps is not None else settings.unet_steps
+    if args.device == "cpu":
+        torch.set_num_threads(1)  # one thread: the same seed gives the same weights on any CPU
+    elif not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: no CUDA GPU is visible; use --device cpu.")
+    settings = PretrainSettings(seed=args.seed, device=args.device, pool_size=args.pool_size,
+                                unet_seconds=args.unet_seconds,
+                                snapshot_every=args.snapshot_every)  # fmt: skip
+    for name in ("vae_steps", "unet_steps", "batch_size"):
+        if getattr(args, name) is not None:
+            setattr(settings, name, getattr(args, name))
     pretrain(args.dir, settings)
     print(f"Pretrained the concept-world pipeline from seed {args.seed} into {args.dir}")
 

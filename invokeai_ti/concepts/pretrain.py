@@ -7,11 +7,12 @@ AutoencoderKL, UNet2DConditionModel, a DDIM/DDPM schedule) at a size this CPU tr
 
 from __future__ import annotations
 
+import json
 import logging
-import math
+import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,13 @@ class PretrainSettings:
     learning_rate: float = 1e-3
     ema_decay: float = 0.999
     log_every: int = 50
+    device: str = "cpu"
+    # > 0: render this many scenes once, in parallel, encode them once, and draw every UNet batch
+    # from them; on a GPU, rendering each batch on one core would take as long as the step.
+    pool_size: int = 0
+    # > 0: stop the UNet at this wall time; pretrain.json records the step to reproduce it with.
+    unet_seconds: float = 0.0
+    snapshot_every: int = 500
 
 
 def build_untrained(seed: int):
@@ -71,9 +79,12 @@ def build_untrained(seed: int):
 
 def _batch(rng: random.Random, n: int, templates: list[str]) -> tuple[torch.Tensor, list[str]]:
     scenes = [random_scene(rng) for _ in range(n)]
-    pixels = np.stack([render(s) for s in scenes]).astype(np.float32) / 127.5 - 1.0
-    captions = [caption(s, rng, templates) for s in scenes]
-    return torch.from_numpy(pixels).permute(0, 3, 1, 2), captions
+    return _pixels([render(s) for s in scenes]), [caption(s, rng, templates) for s in scenes]
+
+
+def _pixels(images: list[np.ndarray]) -> torch.Tensor:
+    """uint8 [H, W, 3] renders -> float [N, 3, H, W] in [-1, 1], the VAE's input."""
+    return torch.from_numpy(np.stack(images).astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2)
 
 
 def train_vae(vae, settings: PretrainSettings, templates: list[str]) -> None:
@@ -81,7 +92,7 @@ def train_vae(vae, settings: PretrainSettings, templates: list[str]) -> None:
     rng = random.Random(settings.seed * 7 + 1)
     opt = torch.optim.AdamW(vae.parameters(), lr=settings.learning_rate, weight_decay=0.0)
     for step in range(settings.vae_steps):
-        pixels, _ = _batch(rng, 32, templates)
+        pixels = _batch(rng, 32, templates)[0].to(settings.device)
         dist = vae.encode(pixels).latent_dist
         recon = vae.decode(dist.sample()).sample
         kl = dist.kl().mean() / dist.mean[0].numel()
@@ -101,10 +112,10 @@ def reconstruction_accuracy(vae, seed: int, count: int = 256) -> float:
 
     rng = random.Random(seed * 7 + 5)
     scenes = [random_scene(rng) for _ in range(count)]
-    pixels = torch.from_numpy(np.stack([render(s) for s in scenes]).astype(np.float32) / 127.5 - 1)
+    pixels = _pixels([render(s) for s in scenes]).to(vae.device)
     with torch.no_grad():
-        recon = vae.decode(vae.encode(pixels.permute(0, 3, 1, 2)).latent_dist.mode()).sample
-    images = ((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        recon = vae.decode(vae.encode(pixels).latent_dist.mode()).sample
+    images = ((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     right = 0
     for scene, image in zip(scenes, images):
         verdict = judge_image(image)
@@ -116,7 +127,32 @@ def latent_scale(vae, templates: list[str], seed: int) -> float:
     """SD's scaling_factor: one over the latents' standard deviation, measured on 512 renders."""
     pixels, _ = _batch(random.Random(seed * 7 + 2), 512, templates)
     with torch.no_grad():
-        return float(1.0 / vae.encode(pixels).latent_dist.mean.std())
+        return float(1.0 / vae.encode(pixels.to(vae.device)).latent_dist.mean.std())
+
+
+class ScenePool:
+    """`size` scenes drawn from the seed, rendered once by every core (order kept, so the pool is
+    the same on any machine) and encoded once: a batch is then an index draw on the device."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        from multiprocessing import get_context
+
+        rng = random.Random(seed * 7 + 6)
+        self.scenes = [random_scene(rng) for _ in range(size)]
+        # fork before any CUDA work (pretrain builds the pool first); workers only draw with PIL
+        with get_context("fork").Pool(os.cpu_count() or 1) as workers:
+            self.images = workers.map(render, self.scenes, chunksize=512)
+        self.mean = self.std = torch.empty(0)
+
+    def encode(self, vae, chunk: int = 2048) -> None:
+        means, stds = [], []
+        with torch.no_grad():
+            for start in range(0, len(self.images), chunk):
+                dist = vae.encode(
+                    _pixels(self.images[start : start + chunk]).to(vae.device)
+                ).latent_dist
+                means.append(dist.mean), stds.append(dist.std)
+        self.mean, self.std = torch.cat(means), torch.cat(stds)
 
 
 class Ema:
@@ -139,32 +175,44 @@ class Ema:
 
 
 def train_unet(tokenizer, text_encoder, vae, unet, settings: PretrainSettings,
-               templates: list[str], on_checkpoint=None) -> None:  # fmt: skip
-    """Epsilon prediction on VAE latents, captions dropped 10% of the time; warmup then cosine."""
+               templates: list[str], pool: ScenePool | None = None, on_checkpoint=None) -> int:  # fmt: skip
+    """Epsilon prediction on VAE latents, captions dropped 10% of the time; warmup, then a
+    constant rate (the EMA does the averaging, so a run may stop at any step). Returns the steps
+    run: `unet_steps`, or fewer when `unet_seconds` ran out first."""
     from diffusers import DDPMScheduler
 
+    device = settings.device
     scheduler = DDPMScheduler(**SCHEDULE)
     rng = random.Random(settings.seed * 7 + 3)
-    gen = torch.Generator().manual_seed(settings.seed * 7 + 4)
+    gen = torch.Generator(device).manual_seed(settings.seed * 7 + 4)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
-    warmup, total = 200, settings.unet_steps
-    lr_at = lambda s: min(1.0, (s + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * s / total))  # noqa: E731
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200))
     ema = Ema(params, settings.ema_decay)
     cache: dict[str, torch.Tensor] = {}
     unet.train(), text_encoder.train()
-    started = time.time()
-    for step in range(total):
-        pixels, captions = _batch(rng, settings.batch_size, templates)
+    started, step = time.time(), 0
+    while step < settings.unet_steps:
+        if settings.unet_seconds and time.time() - started > settings.unet_seconds:
+            log.info("unet stopped by --unet_seconds at step %d", step)
+            break
+        if pool is None:
+            pixels, captions = _batch(rng, settings.batch_size, templates)
+            with torch.no_grad():
+                dist = vae.encode(pixels.to(device)).latent_dist
+            mean, std = dist.mean, dist.std
+        else:
+            index = torch.randint(len(pool.scenes), (settings.batch_size,), generator=gen,
+                                  device=device)  # fmt: skip
+            captions = [caption(pool.scenes[i], rng, templates) for i in index.tolist()]
+            mean, std = pool.mean[index], pool.std[index]
         captions = ["" if rng.random() < CAPTION_DROPOUT else c for c in captions]
-        ids = torch.stack([_ids(tokenizer, c, cache) for c in captions])
-        with torch.no_grad():
-            dist = vae.encode(pixels).latent_dist
-            x0 = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen)
-            x0 = x0 * vae.config.scaling_factor
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, SCHEDULE["num_train_timesteps"], (len(x0),), generator=gen)
+        ids = torch.stack([_ids(tokenizer, c, cache) for c in captions]).to(device)
+        x0 = mean + std * torch.randn(mean.shape, generator=gen, device=device)
+        x0 = x0 * vae.config.scaling_factor
+        noise = torch.randn(x0.shape, generator=gen, device=device)
+        t = torch.randint(0, SCHEDULE["num_train_timesteps"], (len(x0),), generator=gen,
+                          device=device)  # fmt: skip
         hidden = text_encoder(ids)[0]
         pred = unet(scheduler.add_noise(x0, noise, t), t, hidden).sample
         loss = torch.nn.functional.mse_loss(pred, noise)
@@ -174,13 +222,15 @@ def train_unet(tokenizer, text_encoder, vae, unet, settings: PretrainSettings,
         opt.zero_grad(set_to_none=True)
         schedule.step()
         ema.update(step)
-        if step % settings.log_every == 0:
-            log.info("unet step %d/%d loss %.4f (%.0f s)", step, total, loss.item(),
+        step += 1
+        if step % settings.log_every == 1:
+            log.info("unet step %d/%d loss %.4f (%.0f s)", step, settings.unet_steps, loss.item(),
                      time.time() - started)  # fmt: skip
-        if on_checkpoint and (step + 1) % 500 == 0 and step + 1 < total:
-            on_checkpoint(step + 1, ema)
+        if on_checkpoint and step % settings.snapshot_every == 0 and step < settings.unet_steps:
+            on_checkpoint(step, ema)
     ema.copy_to_model()
     unet.eval().requires_grad_(False), text_encoder.eval().requires_grad_(False)
+    return step
 
 
 def _ids(tokenizer, text: str, cache: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -205,36 +255,50 @@ def make_pipeline(tokenizer, text_encoder, vae, unet):
 
 
 def pretrain(output_dir: Path, settings: PretrainSettings) -> Path:
-    """Build, train and save the pipeline as a diffusers folder (safetensors); returns it."""
+    """Build, train and save the pipeline as a diffusers folder (safetensors), with pretrain.json
+    (the settings and the steps run, to reproduce it); returns the folder."""
     import copy
 
     from invokeai_ti.data.dataset import OBJECT_TEMPLATES
     from invokeai_ti.models.tiny import write_clip_tokenizer_files
 
+    started = time.time()
+    pool = ScenePool(settings.pool_size, settings.seed) if settings.pool_size else None
     torch.manual_seed(settings.seed)
     tokenizer, text_encoder, vae, unet = build_untrained(settings.seed)
+    for module in (text_encoder, vae, unet):
+        module.to(settings.device)
     train_vae(vae, settings, OBJECT_TEMPLATES)
     vae.register_to_config(scaling_factor=latent_scale(vae, OBJECT_TEMPLATES, settings.seed))
-    log.info(
-        "vae scaling_factor %.4f, reconstructions judged right: %.3f",
-        vae.config.scaling_factor,
-        reconstruction_accuracy(vae, settings.seed),
-    )
+    recon_right = reconstruction_accuracy(vae, settings.seed)
+    log.info("vae scaling_factor %.4f, reconstructions judged right: %.3f",
+             vae.config.scaling_factor, recon_right)  # fmt: skip
+    if pool is not None:
+        pool.encode(vae)
+
+    def save(folder: Path, text_encoder, unet) -> None:
+        pipe = make_pipeline(tokenizer, text_encoder, vae, unet).to("cpu")
+        pipe.save_pretrained(str(folder), safe_serialization=True)
+        vae.to(settings.device)
+        # vocab.json and merges.txt too: older transformers' slow CLIPTokenizer needs them.
+        write_clip_tokenizer_files(folder / "tokenizer")
 
     def save_snapshot(step: int, ema: Ema) -> None:
         live = [p.detach().clone() for p in ema.params]
         ema.copy_to_model()
-        pipe = make_pipeline(tokenizer, copy.deepcopy(text_encoder), vae, copy.deepcopy(unet))
-        pipe.save_pretrained(str(output_dir.with_name(f"{output_dir.name}-step{step}")),
-                             safe_serialization=True)  # fmt: skip
+        save(output_dir.with_name(f"{output_dir.name}-step{step}"), copy.deepcopy(text_encoder),
+             copy.deepcopy(unet))  # fmt: skip
         with torch.no_grad():
             for p, value in zip(ema.params, live):
                 p.copy_(value)
 
-    train_unet(tokenizer, text_encoder, vae, unet, settings, OBJECT_TEMPLATES, save_snapshot)
-    make_pipeline(tokenizer, text_encoder, vae, unet).save_pretrained(
-        str(output_dir), safe_serialization=True
-    )
-    # vocab.json and merges.txt too: older transformers' slow CLIPTokenizer needs them.
-    write_clip_tokenizer_files(output_dir / "tokenizer")
+    steps = train_unet(tokenizer, text_encoder, vae, unet, settings, OBJECT_TEMPLATES, pool,
+                       save_snapshot)  # fmt: skip
+    save(output_dir, text_encoder, unet)
+    record = dict(asdict(settings), unet_steps_run=steps, vae_reconstructions_right=recon_right,
+                  seconds=round(time.time() - started, 1), torch=torch.__version__,
+                  reproduce=f"python -m invokeai_ti.concepts model DIR --pretrain --seed {settings.seed} "
+                  f"--vae_steps {settings.vae_steps} --unet_steps {steps} --batch_size "
+                  f"{settings.batch_size} --pool_size {settings.pool_size} --device {settings.device}")  # fmt: skip
+    (output_dir / "pretrain.json").write_text(json.dumps(record, indent=2) + "\n")
     return output_dir

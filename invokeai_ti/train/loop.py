@@ -54,7 +54,9 @@ def train(config: TrainingConfig) -> RunResult:
         started = time.perf_counter()
         files = saving.save_outputs(run)
         if files is not None:
-            observed.loss_plot = plot.save_loss_plot(config.output_dir, p.losses, p.validation_losses)
+            observed.loss_plot = plot.save_loss_plot(
+                config.output_dir, p.losses, p.validation_losses
+            )
         run.seconds["final files"] = time.perf_counter() - started
         if files is not None:
             evaluation.final_jobs(run, reporter, observed)
@@ -66,8 +68,12 @@ def train(config: TrainingConfig) -> RunResult:
     lines = progress.describe_outputs(p, files, observed)
     seconds = {**run.seconds, "training": run.budget.train_seconds,
                "evaluation": run.budget.spent_seconds}  # fmt: skip
+    gpu = {}
+    if torch.cuda.is_available():  # what a user sizes --train_batch_size and precision by
+        gpu["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated()
+        lines.append(f"Peak GPU memory: {gpu['peak_gpu_memory_bytes'] / 2**30:.2f} GiB")
     reporter.finish({**progress.output_paths(files, observed), "nonfinite_steps": p.nonfinite_steps,
-                     "seconds": {k: round(v, 3) for k, v in seconds.items()},
+                     "seconds": {k: round(v, 3) for k, v in seconds.items()}, **gpu,
                      "summary": lines})  # fmt: skip
     # A script reading --log_format json gets the lines in the final object; stdout stays JSON.
     return RunResult(0, [] if reporter.format == "json" else lines)
