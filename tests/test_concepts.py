@@ -81,6 +81,27 @@ def test_pretraining_script_runs_a_few_steps(tmp_path):
     assert pipe.vae.config.scaling_factor > 0
 
 
+def test_pretraining_from_a_scene_pool_stops_at_its_time_budget_and_records_the_step(tmp_path):
+    """The GPU path on the CPU: scenes rendered once by a process pool, batches drawn from them;
+    --unet_seconds stops the UNet and pretrain.json says how to reproduce the weights."""
+    result = concepts_command("model", str(tmp_path / "model"), "--pretrain", "--vae_steps", "1",
+                              "--unet_steps", "1000", "--batch_size", "4", "--pool_size", "64",
+                              "--unet_seconds", "3", timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads((tmp_path / "model" / "pretrain.json").read_text())
+    assert 1 <= record["unet_steps_run"] < 1000
+    assert f"--unet_steps {record['unet_steps_run']} " in record["reproduce"]
+    assert "--pool_size 64" in record["reproduce"]
+
+
+def test_pretraining_on_a_missing_gpu_is_one_line():
+    if __import__("torch").cuda.is_available():
+        pytest.skip("a GPU is present")
+    result = concepts_command("model", "/tmp/never-written", "--pretrain", "--device", "cuda")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "--device cuda" in result.stderr
+
+
 @pytest.fixture(scope="module")
 def shipped_pipeline():
     from invokeai_ti.concepts.sampling import MODEL_DIR, load_pipeline
@@ -103,9 +124,8 @@ def test_shipped_weights_are_small_safetensors():
 )
 def test_shipped_model_draws_its_captions(shipped_pipeline, concept, background):
     """StableDiffusionPipeline.from_pretrained loads it, and 32 samples of a caption show the
-    captioned colour and background (measured 1.00 and 1.00 for both) and the whole concept far
-    above the 1 in 48 of chance (measured 0.66 and 0.53; the issue's 0.9 is not reached, see
-    examples/concepts-results-2026-12-04.md)."""
+    captioned colour, background and whole concept (measured 1.00, 1.00, 1.00 and 0.97, 1.00,
+    0.97 on the GPU-pretrained model; the CPU one of 7df4db8 drew the concept in 0.66 and 0.53)."""
     from invokeai_ti.concepts.judge import judge_image
     from invokeai_ti.concepts.sampling import sample
 
@@ -114,7 +134,7 @@ def test_shipped_model_draws_its_captions(shipped_pipeline, concept, background)
     verdicts = [judge_image(image) for image in images]
     assert sum(v.colour == colour for v in verdicts) / 32 >= 0.85
     assert sum(v.background == background for v in verdicts) / 32 >= 0.85
-    assert sum(v.concept == concept and v.background == background for v in verdicts) / 32 >= 0.35
+    assert sum(v.concept == concept and v.background == background for v in verdicts) / 32 >= 0.9
 
 
 # The experiment's settings were tuned on red-circle; the CI test uses another concept.
@@ -170,12 +190,9 @@ def test_ci_concept_not_used_for_tuning_is_learned_within_90_s_of_cpu(ci_run):
     assert ci_run["seconds"] <= 90, ci_run
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 17's bar is not reached by the shipped model: "
-    "learned 0.22 against 0.9 x the caption's 0.59 (the shape is not recovered)",
-)
 def test_ci_concept_reaches_the_issue_recovery_bar(ci_run):
+    """Issue 17's bar on a concept not used for tuning: the learned token draws the whole concept
+    (shape and colour) in >= 0.9 x the caption's own rate."""
     assert ci_run["learned"] >= 0.9 * ci_run["caption"], ci_run
 
 
