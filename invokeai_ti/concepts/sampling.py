@@ -26,9 +26,9 @@ def load_pipeline(model_dir: Path = MODEL_DIR):
         raise ModelError(f"{model_dir} is not a diffusers pipeline folder (no model_index.json).")
     pipe = StableDiffusionPipeline.from_pretrained(str(model_dir), safety_checker=None,
                                                    requires_safety_checker=False)  # fmt: skip
-    # StableDiffusionPipeline.__init__ resets clip_sample to False (an SD1 compatibility rule),
-    # but this model needs its predicted x0 clipped (see pretrain.make_pipeline): reload the
-    # scheduler as the folder stores it.
+    # StableDiffusionPipeline.__init__ resets clip_sample to False (an SD1 compatibility rule):
+    # reload the scheduler as the folder stores it, so a model pretrained with clipping samples
+    # as it was made (the shipped one is unclipped; see pretrain.sampling_scheduler).
     pipe.scheduler = DDIMScheduler.from_pretrained(str(model_dir), subfolder="scheduler")
     pipe.set_progress_bar_config(disable=True)
     return pipe

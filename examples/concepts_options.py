@@ -1,0 +1,120 @@
+"""Issue 20's learning options on the concept world: recovery over steps and editability of
+every option on the same concepts, images and seeds, against the baseline run in the same
+invocation (the experiment's tuned AdamW) and against 2.3's defaults.
+
+    python examples/concepts_options.py --out /tmp/options [--only base lion] \\
+        [--concepts yellow-square green-circle yellow-triangle red-square blue-square]
+    python examples/concepts_options.py --out /tmp/options --table-only   # the table of what ran
+
+Each variant is one `python -m invokeai_ti.concepts experiment` (the real invokeai-ti CLI for
+training, 32 judged samples per prompt) with the variant's flags appended to the experiment's
+own (`--trainer_flag`), in WORK/VARIANT/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CONCEPTS = ["yellow-square", "green-circle", "yellow-triangle", "red-square", "blue-square"]
+# name -> flags on top of the experiment's settings (AdamW, constant lr 5e-3, no scale_lr,
+# batch 4, no weight decay, 150 steps). Lion takes a lr 10x below AdamW's; Prodigy's lr
+# multiplies its own estimate.
+VARIANTS: dict[str, list[str]] = {
+    "base": [],
+    "defaults-2.3": ["--learning_rate=1e-4", "--scale_lr", "--lr_warmup_steps=500",
+                     "--adam_weight_decay=1e-2", "--train_batch_size=8"],  # fmt: skip
+    "lion": ["--optimizer=lion", "--learning_rate=5e-4"],
+    "prodigy": ["--optimizer=prodigy", "--learning_rate=1"],
+    "schedulefree": ["--optimizer=schedulefree_adamw"],
+    "clip1": ["--max_grad_norm=1"],
+    "minsnr5": ["--min_snr_gamma=5"],
+    "offset0.05": ["--noise_offset=0.05"],
+    "keepnorm": ["--embedding_norm=keep"],
+}
+
+
+def run_variant(name: str, concepts: list[str], out: Path, steps: int, save_steps: int) -> None:
+    cmd = [sys.executable, "-m", "invokeai_ti.concepts", "experiment", "--concept", *concepts,
+           "--out", str(out / name), "--steps", str(steps), "--save_steps", str(save_steps),
+           *[f"--trainer_flag={flag}" for flag in VARIANTS[name]]]  # fmt: skip
+    started = time.time()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    (out / name / "command.txt").write_text(" ".join(cmd[1:]) + "\n")
+    status = "ok" if done.returncode == 0 else f"failed: {done.stderr.strip()[-300:]}"
+    print(f"{name}: {status} ({time.time() - started:.0f} s)", flush=True)
+
+
+def table(out: Path) -> str:
+    rows = {}
+    for name in VARIANTS:
+        path = out / name / "results.json"
+        if path.is_file():
+            rows[name] = json.loads(path.read_text())["rows"]
+    if "base" not in rows:
+        return "no base run yet\n"
+    concepts = [r["concept"] for r in rows["base"]]
+    lines = ["| option | flags | recovery at 50 / 100 / 150 steps (mean over concepts) | "
+             "learned / caption | edit: learned / caption | s to 90 % of caption (mean, "
+             "reached) | wall s | vs base: recovery, edit |", "|---" * 8 + "|"]  # fmt: skip
+    base = _summary(rows["base"])
+    for name, variant_rows in rows.items():
+        if [r["concept"] for r in variant_rows] != concepts:
+            continue
+        s = _summary(variant_rows)
+        curve = " / ".join(f"{v:.2f}" for v in s["curve"])
+        lines.append(
+            f"| {name} | {' '.join(VARIANTS[name]) or '(the experiment: AdamW, lr 5e-3 constant)'} | "
+            f"{curve} | {s['learned']:.2f} / {s['caption']:.2f} | {s['edit']:.2f} / {s['caption_edit']:.2f} | "
+            f"{s['to90']} | {s['wall']:.0f} | {s['learned'] / max(base['learned'], 1e-9):.2f}, "
+            f"{s['edit'] / max(base['edit'], 1e-9):.2f} |"
+        )
+    lines.append("")
+    lines.append("Per concept, final recovery (learned; caption in brackets):")
+    lines.append("")
+    lines.append("| option | " + " | ".join(concepts) + " |")
+    lines.append("|---" * (len(concepts) + 1) + "|")
+    for name, variant_rows in rows.items():
+        cells = " | ".join(f"{r['learned']:.2f} ({r['caption']:.2f})" for r in variant_rows)
+        lines.append(f"| {name} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def _summary(rows: list[dict]) -> dict:
+    n = len(rows)
+    steps = sorted({p["step"] for r in rows for p in r["ours_curve"]})
+    curve = [sum(next((p["rate"] for p in r["ours_curve"] if p["step"] == s), 0) for r in rows) / n
+             for s in steps]  # fmt: skip
+    reached = [r["ours_seconds_to_90pct"] for r in rows if r["ours_seconds_to_90pct"] is not None]
+    to90 = f"{sum(reached) / len(reached):.1f} s ({len(reached)}/{n})" if reached else f"never (0/{n})"
+    return dict(curve=curve, learned=sum(r["learned"] for r in rows) / n,
+                caption=sum(r["caption"] for r in rows) / n,
+                edit=sum(r["learned_edit"] for r in rows) / n,
+                caption_edit=sum(r["caption_edit"] for r in rows) / n, to90=to90,
+                wall=sum(r["ours_wall_seconds"] for r in rows) / n)  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--concepts", nargs="+", default=CONCEPTS)
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--save_steps", type=int, default=50)
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.table_only:
+        for name in args.only:
+            run_variant(name, args.concepts, args.out, args.steps, args.save_steps)
+    text = table(args.out)
+    print(text)
+    (args.out / "options.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
