@@ -26,8 +26,13 @@ CONCEPTS = ["yellow-square", "green-circle", "yellow-triangle", "red-square", "b
 # multiplies its own estimate.
 VARIANTS: dict[str, list[str]] = {
     "base": [],
-    "defaults-2.3": ["--learning_rate=1e-4", "--scale_lr", "--lr_warmup_steps=500",
-                     "--adam_weight_decay=1e-2", "--train_batch_size=8"],  # fmt: skip
+    "defaults-2.3": [
+        "--learning_rate=1e-4",
+        "--scale_lr",
+        "--lr_warmup_steps=500",
+        "--adam_weight_decay=1e-2",
+        "--train_batch_size=8",
+    ],  # fmt: skip
     "lion": ["--optimizer=lion", "--learning_rate=5e-4"],
     "prodigy": ["--optimizer=prodigy", "--learning_rate=1"],
     "schedulefree": ["--optimizer=schedulefree_adamw"],
@@ -90,7 +95,9 @@ def _summary(rows: list[dict]) -> dict:
     curve = [sum(next((p["rate"] for p in r["ours_curve"] if p["step"] == s), 0) for r in rows) / n
              for s in steps]  # fmt: skip
     reached = [r["ours_seconds_to_90pct"] for r in rows if r["ours_seconds_to_90pct"] is not None]
-    to90 = f"{sum(reached) / len(reached):.1f} s ({len(reached)}/{n})" if reached else f"never (0/{n})"
+    to90 = (
+        f"{sum(reached) / len(reached):.1f} s ({len(reached)}/{n})" if reached else f"never (0/{n})"
+    )
     return dict(curve=curve, learned=sum(r["learned"] for r in rows) / n,
                 caption=sum(r["caption"] for r in rows) / n,
                 edit=sum(r["learned_edit"] for r in rows) / n,

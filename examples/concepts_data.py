@@ -1,0 +1,165 @@
+"""Issue 19's claims on the concept world: captions that name the background make the token more
+editable, and alpha masks stop the training background from leaking into the token. Each
+condition is measured against the same run without it, in the same invocation.
+
+    python examples/concepts_data.py --out /tmp/data-claims [--concepts yellow-square ...]
+
+Per concept, 5 renders, the real invokeai-ti CLI (the experiment's settings, 150 steps), then
+32 judged samples of "a photo of a <t>" and of "a photo of a <t> on a black background":
+- captions: renders alternating white and gray backgrounds; plain (built-in templates) against
+  captioned (a `.txt` caption "on a white background" beside each image and a template file of
+  the built-in templates with ` [filewords]` appended, A1111's spelling);
+- masks: renders all on white; plain against `--alpha_mask` (alpha 255 on the shape, 0 on the
+  background). Leakage is the share of "a photo of a <t>" samples drawn on the training
+  background, next to the caption's own share for the same prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+SAMPLES, STEPS = 32, 150  # --samples/--steps change them for a smoke run
+CONCEPTS = ["yellow-square", "green-circle", "yellow-triangle", "red-square", "blue-circle"]
+EDIT_BACKGROUND = "black"
+
+
+def render_set(concept: str, folder: Path, backgrounds: list[str], alpha: bool,
+               captions: bool) -> None:  # fmt: skip
+    import random
+
+    from PIL import Image
+
+    from invokeai_ti.concepts.world import BACKGROUNDS, random_scene, render
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, background in enumerate(backgrounds):
+        scene = random_scene(random.Random(1000 + i), concept, background)
+        pixels = render(scene)
+        image = Image.fromarray(pixels)
+        if alpha:  # the shape, antialiased edges included, is the subject
+            distance = np.abs(pixels.astype(int) - np.array(BACKGROUNDS[background])).max(axis=2)
+            image.putalpha(Image.fromarray(np.where(distance > 8, 255, 0).astype(np.uint8)))
+        image.save(folder / f"{i}.png")
+        if captions:
+            (folder / f"{i}.txt").write_text(f"on a {background} background\n")
+
+
+def train(concept: str, images: Path, output: Path, flags: list[str], model: Path) -> Path:
+    from invokeai_ti.concepts.experiment import ExperimentSettings, train_ours
+
+    settings = ExperimentSettings([concept], model, output.parent, steps=STEPS, save_steps=STEPS,
+                                  extra_flags=flags)  # fmt: skip
+    run = train_ours(settings, images, output, settings.steps)
+    return run.step_files[-1][1]
+
+
+def judge(pipe, prompt: str, concept: str, background: str | None = None) -> dict:
+    from invokeai_ti.concepts.judge import judge_image
+    from invokeai_ti.concepts.sampling import sample
+
+    verdicts = [judge_image(i) for i in sample(pipe, prompt, SAMPLES, 0)]
+    shares = {
+        b: sum(v.background == b for v in verdicts) / SAMPLES for b in ("white", "gray", "black")
+    }
+    hit = sum(v.concept == concept and (background is None or v.background == background)
+              for v in verdicts) / SAMPLES  # fmt: skip
+    return dict(rate=hit, backgrounds=shares)
+
+
+def measure_concept(pipe, concept: str, out: Path, model: Path, template_file: Path) -> dict:
+    from invokeai_ti.concepts.experiment import EDIT, PROMPT, TOKEN, load_embedding_as
+    from invokeai_ti.concepts.world import parse_concept
+
+    colour, shape = parse_concept(concept)
+    row: dict = {"concept": concept}
+    row["caption"] = judge(pipe, PROMPT.format(f"{colour} {shape}"), concept)
+    row["caption_edit"] = judge(pipe, EDIT.format(f"{colour} {shape}", EDIT_BACKGROUND), concept,
+                                EDIT_BACKGROUND)  # fmt: skip
+    varied, white = ["white", "gray"] * 2 + ["white"], ["white"] * 5
+    conditions = {
+        "varied-plain": (varied, False, False, []),
+        "varied-captions": (varied, False, True, ["--caption_extension=.txt",
+                                                   f"--template_file={template_file}"]),
+        "white-plain": (white, False, False, []),
+        "white-alpha": (white, True, False, ["--alpha_mask"]),
+    }  # fmt: skip
+    for name, (backgrounds, alpha, captions, flags) in conditions.items():
+        images = out / concept / name / "images"
+        render_set(concept, images, backgrounds, alpha, captions)
+        started = time.time()
+        embedding = train(concept, images, out / concept / name / "run", flags, model)
+        load_embedding_as(pipe, embedding)
+        row[name] = dict(learned=judge(pipe, PROMPT.format(TOKEN), concept),
+                         edit=judge(pipe, EDIT.format(TOKEN, EDIT_BACKGROUND), concept,
+                                    EDIT_BACKGROUND),
+                         seconds=round(time.time() - started, 1), flags=flags)  # fmt: skip
+        print(f"{concept} {name}: recovery {row[name]['learned']['rate']:.2f}, edit "
+              f"{row[name]['edit']['rate']:.2f}, white share "
+              f"{row[name]['learned']['backgrounds']['white']:.2f}", flush=True)  # fmt: skip
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    def mean(*keys: str) -> float:
+        total = 0.0
+        for r in rows:
+            for key in keys:
+                r = r[key]
+            total += r
+        return total / len(rows)
+
+    lines = ["| condition | recovery | edit to black (concept and black) | samples on white |",
+             "|---|---|---|---|"]  # fmt: skip
+    lines.append(f"| caption (the ceiling) | {mean('caption', 'rate'):.2f} | "
+                 f"{mean('caption_edit', 'rate'):.2f} | "
+                 f"{mean('caption', 'backgrounds', 'white'):.2f} |")  # fmt: skip
+    for name in ("varied-plain", "varied-captions", "white-plain", "white-alpha"):
+        lines.append(f"| {name} | {mean(name, 'learned', 'rate'):.2f} | "
+                     f"{mean(name, 'edit', 'rate'):.2f} | "
+                     f"{mean(name, 'learned', 'backgrounds', 'white'):.2f} |")  # fmt: skip
+    lines += [
+        "",
+        "| concept | edit: plain -> captions | white share: plain -> alpha |",
+        "|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['concept']} | {r['varied-plain']['edit']['rate']:.2f} -> "
+                     f"{r['varied-captions']['edit']['rate']:.2f} | "
+                     f"{r['white-plain']['learned']['backgrounds']['white']:.2f} -> "
+                     f"{r['white-alpha']['learned']['backgrounds']['white']:.2f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    global SAMPLES, STEPS
+    from invokeai_ti.concepts.sampling import MODEL_DIR, load_pipeline
+    from invokeai_ti.data.dataset import OBJECT_TEMPLATES
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--concepts", nargs="+", default=CONCEPTS)
+    parser.add_argument("--model", type=Path, default=MODEL_DIR)
+    parser.add_argument("--samples", type=int, default=SAMPLES)
+    parser.add_argument("--steps", type=int, default=STEPS)
+    args = parser.parse_args()
+    SAMPLES, STEPS = args.samples, args.steps
+    args.out.mkdir(parents=True, exist_ok=True)
+    template_file = args.out / "templates.txt"
+    template_file.write_text("".join(t + " [filewords]\n" for t in OBJECT_TEMPLATES))
+    pipe = load_pipeline(args.model)
+    rows = []
+    for concept in args.concepts:
+        rows.append(measure_concept(pipe, concept, args.out, args.model, template_file))
+        (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+    text = table(rows)
+    print(text)
+    (args.out / "results.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
