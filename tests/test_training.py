@@ -40,7 +40,9 @@ def test_result_loads_in_diffusers_and_changes_the_image(cli, root, tiny_sd1):
     pipe.set_progress_bar_config(disable=True)
     before = _render(pipe, "a painting of <psychedelic>")
     pipe.load_textual_inversion(root / "embeddings" / "psychedelic" / "learned_embeds.bin")
-    learned = torch.load(root / "embeddings" / "psychedelic" / "learned_embeds.bin", weights_only=True)
+    learned = torch.load(
+        root / "embeddings" / "psychedelic" / "learned_embeds.bin", weights_only=True
+    )
     token_id = pipe.tokenizer.convert_tokens_to_ids("<psychedelic>")
     row = pipe.text_encoder.get_input_embeddings().weight[token_id]
     assert torch.allclose(row, learned["<psychedelic>"])
@@ -76,7 +78,9 @@ def test_sd2_v_prediction_uses_the_velocity_target(root, tiny_sd2):
         hidden = c.text_encoders[0](run.prompts.token_ids(texts, c.tokenizers, c.device)[0])[0]
         pred = c.unet(c.noise_scheduler.add_noise(x0, noise, t), t, hidden).sample
     velocity = c.noise_scheduler.get_velocity(x0, noise, t)
-    assert loss.item() == pytest.approx(torch.nn.functional.mse_loss(pred, velocity).item(), rel=1e-5)
+    assert loss.item() == pytest.approx(
+        torch.nn.functional.mse_loss(pred, velocity).item(), rel=1e-5
+    )
     assert loss.item() != pytest.approx(torch.nn.functional.mse_loss(pred, noise).item(), rel=1e-3)
 
 
@@ -85,7 +89,9 @@ def test_sd2_trains_from_the_cli(cli, root, tiny_sd2):
                  *TINY_FLAGS)  # fmt: skip
     assert result.code == 0, result.err
     learned = torch.load(root / "embeddings/psychedelic/learned_embeds.bin", weights_only=True)
-    assert learned["<psychedelic>"].shape == (48,) and torch.isfinite(learned["<psychedelic>"]).all()
+    assert (
+        learned["<psychedelic>"].shape == (48,) and torch.isfinite(learned["<psychedelic>"]).all()
+    )
 
 
 def test_leaf_vectors_match_the_full_matrix_adamw_recipe(root):
@@ -108,6 +114,7 @@ def test_leaf_vectors_match_the_full_matrix_adamw_recipe(root):
     new_rows = torch.tensor(placeholder.token_ids)
     keep = torch.ones(full.weight.shape[0], dtype=torch.bool)
     keep[new_rows] = False
+
     def restore_other_rows() -> None:
         with torch.no_grad():
             full.weight[keep] = original[keep]
@@ -167,6 +174,47 @@ def test_full_pipeline_export_knows_the_token(cli, root, tiny_sd1):
     assert StableDiffusionPipeline.from_pretrained(out, local_files_only=True) is not None
 
 
+def test_full_pipeline_components_are_copied_while_training_runs(cli, root, monkeypatch):
+    """The unchanged components' copy starts before the first step (it overlaps training, as
+    examples/overhead.py measures) and is complete when the final files are written."""
+    from invokeai_ti.files import pipeline
+    from invokeai_ti.train import loop
+
+    events: list[str] = []
+    real_copy, real_step = pipeline.ComponentCopy._copy, loop.optimizer_step
+
+    def copy(self, *args):
+        events.append("copy started")
+        real_copy(self, *args)
+        events.append("copy done")
+
+    def step(*args):
+        events.append("step")
+        return real_step(*args)
+
+    monkeypatch.setattr(pipeline.ComponentCopy, "_copy", copy)
+    monkeypatch.setattr(loop, "optimizer_step", step)
+    out = root / "overlap-out"
+    result = cli("--root_dir", root, "--placeholder_token", "<psychedelic>", "--output_dir", out,
+                 *TINY_FLAGS, "--no-only_save_embeds")  # fmt: skip
+    assert result.code == 0, result.err
+    assert events.index("copy started") < events.index("step")
+    assert events.count("copy started") == 1 and events.count("step") == 4
+    assert (out / "unet" / "config.json").is_file() and (out / "model_index.json").is_file()
+
+
+def test_a_failed_component_copy_is_raised_when_the_pipeline_is_saved(tmp_path):
+    from invokeai_ti.files.pipeline import ComponentCopy
+
+    (tmp_path / "src" / "unet").mkdir(parents=True)
+    (tmp_path / "src" / "unet" / "weights.bin").write_bytes(b"x")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "unet").write_text("a file where the folder goes")
+    copying = ComponentCopy(tmp_path / "src", tmp_path / "out", ["unet"])
+    with pytest.raises(OSError):
+        copying.wait()
+
+
 def test_num_train_epochs_bounds_training_when_smaller(cli, root):
     # 4 images x 2 repeats / batch 2 = 4 steps per epoch: one epoch is 4 steps, not 50.
     result = cli("--root_dir", root, "--placeholder_token", "<psychedelic>", *TINY_FLAGS,
@@ -215,11 +263,17 @@ def test_scale_lr_can_be_turned_off(root):
     [
         (["--initializer_token", "two words"], "--initializer_token 'two words' is 2 tokens"),
         (["--placeholder_token", "cat"], "--placeholder_token 'cat' is already"),
-        (["--enable_xformers_memory_efficient_attention"], "--enable_xformers_memory_efficient_attention"),
+        (
+            ["--enable_xformers_memory_efficient_attention"],
+            "--enable_xformers_memory_efficient_attention",
+        ),
         (["--model", "someone/not-cached"], "is not in the local Hugging Face cache"),
         (["--model", "no-such-model"], "Known names: stable-diffusion-1.5"),
         (["--resume_from_checkpoint", "/nonexistent/checkpoint-3"], "is not a checkpoint folder"),
-        (["--train_data_dir", "/nonexistent/images"], "--train_data_dir /nonexistent/images does not exist"),
+        (
+            ["--train_data_dir", "/nonexistent/images"],
+            "--train_data_dir /nonexistent/images does not exist",
+        ),
     ],
 )
 def test_core_errors_are_one_line(cli, root, argv, culprit):
@@ -234,7 +288,9 @@ def test_non_diffusers_models_yaml_entry_is_refused(cli, root):
     (root / "configs" / "models.yaml").write_text(
         "old-ckpt:\n  format: ckpt\n  config: configs/v1-inference.yaml\n"
     )
-    result = cli("--root_dir", root, "--placeholder_token", "<p>", "--model", "old-ckpt", *TINY_FLAGS)
+    result = cli(
+        "--root_dir", root, "--placeholder_token", "<p>", "--model", "old-ckpt", *TINY_FLAGS
+    )
     assert result.code != 0 and "models.yaml entry 'old-ckpt' has format 'ckpt'" in result.err
 
 
@@ -243,6 +299,9 @@ def test_push_to_hub_offline_fails_after_saving_everything(cli, root, monkeypatc
     result = cli("--root_dir", root, "--placeholder_token", "<psychedelic>", *TINY_FLAGS,
                  "--max_train_steps", "1", "--push_to_hub", "--hub_model_id", "me/psychedelic")  # fmt: skip
     assert result.code == 1
-    assert result.err.strip().splitlines()[-1].startswith(
-        "invokeai-ti: error: --push_to_hub: uploading to 'me/psychedelic' failed")
+    assert (
+        result.err.strip()
+        .splitlines()[-1]
+        .startswith("invokeai-ti: error: --push_to_hub: uploading to 'me/psychedelic' failed")
+    )
     assert (root / "text-inversion-output/psychedelic/learned_embeds.bin").is_file()

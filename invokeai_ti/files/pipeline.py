@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import torch
@@ -28,10 +29,48 @@ TEXT_SIDE = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
 FICLONE = 0x40049409  # linux/fs.h: clone a whole file (copy-on-write)
 
 
+class ComponentCopy:
+    """The unchanged components copied into the output folder by a thread while training runs:
+    the copy waits on the disk (sendfile releases the GIL), training on the CPU, so they overlap.
+    model_index.json is written last, by save_full_pipeline, so the folder is no pipeline until
+    the text side is in it too."""
+
+    def __init__(self, source: Path, target: Path, components: list[str]) -> None:
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._copy, args=(source, target, components),
+                                        name="pipeline-copy", daemon=True)  # fmt: skip
+        self._thread.start()
+
+    def _copy(self, source: Path, target: Path, components: list[str]) -> None:
+        try:
+            for component in components:
+                copy_tree(source / component, target / component)
+        except BaseException as exc:  # noqa: BLE001 - raised again by wait(), in the main thread
+            self.error = exc
+
+    def wait(self) -> None:
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def start_component_copy(config: TrainingConfig, source: ModelSource,
+                         num_encoders: int) -> ComponentCopy | None:  # fmt: skip
+    """Start copying what the full pipeline takes unchanged from a diffusers folder; None when
+    no full pipeline will be written or it is converted from a single file."""
+    if config.only_save_embeds or config.dry_run or source.kind != "diffusers":
+        return None
+    assert config.output_dir is not None
+    written = {name for pair in TEXT_SIDE[:num_encoders] for name in pair}
+    unchanged = [c for c in pipeline_components(source.path) if c not in written]
+    return ComponentCopy(source.path, config.output_dir, unchanged)
+
+
 def save_full_pipeline(config: TrainingConfig, source: ModelSource, tokens: list[str],
-                       vectors: list[torch.Tensor]) -> Path:  # fmt: skip
+                       vectors: list[torch.Tensor],
+                       copying: ComponentCopy | None = None) -> Path:  # fmt: skip
     """A diffusers pipeline folder in the output folder whose tokenizer(s) and text encoder(s)
-    know the new tokens."""
+    know the new tokens; `copying` is the copy of the other components started earlier."""
     target = config.output_dir
     assert target is not None
     if source.kind != "diffusers":
@@ -51,10 +90,10 @@ def save_full_pipeline(config: TrainingConfig, source: ModelSource, tokens: list
         add_tokens(tokenizer, encoder, tokens, encoder_vectors)
         tokenizer.save_pretrained(str(target / tok_name))
         encoder.save_pretrained(str(target / enc_name), safe_serialization=True)
-    written = {name for pair in TEXT_SIDE[: len(vectors)] for name in pair}
-    for component in pipeline_components(source.path):
-        if component not in written:
-            copy_tree(source.path / component, target / component)
+    if copying is None:
+        copying = start_component_copy(config, source, len(vectors))
+    assert copying is not None
+    copying.wait()
     copy_file(source.path / "model_index.json", target / "model_index.json")
     return target
 

@@ -11,7 +11,7 @@ import torch
 from invokeai_ti.config import TrainingConfig
 from invokeai_ti.data import dataset
 from invokeai_ti.errors import TrainingStopped
-from invokeai_ti.files import export
+from invokeai_ti.files import export, pipeline
 from invokeai_ti.files import lock as output_lock
 from invokeai_ti.invokeai.root import logging_path
 from invokeai_ti.report import plot, progress, validation
@@ -45,6 +45,9 @@ def train(config: TrainingConfig) -> RunResult:
             reporter.message(f"Already trained {p.step} of {run.total_steps} steps; writing the "
                              "outputs.")  # fmt: skip
         evaluation.start(run, reporter)
+        if run.is_main:  # the full pipeline's unchanged components, copied while training runs
+            run.component_copy = pipeline.start_component_copy(run.config, run.components.source,
+                                                               len(run.placeholders))  # fmt: skip
         stop.arm()
         if not loop(run, reporter, stop):
             return saving.stop_and_save(run, reporter, stop)

@@ -46,6 +46,7 @@ class Run:
     skipped_grids: int = 0  # periodic grids the budget had no room for
     target_norms: list[float] | None = None  # --embedding_norm keep: one per text encoder
     data_fingerprint: dict[str, Any] = field(default_factory=dict)  # captions, templates, masks
+    component_copy: Any = None  # files.pipeline.ComponentCopy: the full pipeline's unchanged parts
 
     @property
     def is_main(self) -> bool:

@@ -146,7 +146,7 @@ def save_outputs(run: Run) -> export.ExportedFiles | None:
         files = export.save_final_embeds(cfg, vectors, run.progress.step, source)
         if not cfg.only_save_embeds:
             files.pipeline_dir = pipeline.save_full_pipeline(
-                cfg, source, run.placeholders[0].tokens, vectors
+                cfg, source, run.placeholders[0].tokens, vectors, run.component_copy
             )
     except OSError as exc:
         raise check_disk_error(exc, cfg.output_dir) from exc
