@@ -40,6 +40,7 @@ VARIANTS: dict[str, list[str]] = {
     "minsnr5": ["--min_snr_gamma=5"],
     "offset0.05": ["--noise_offset=0.05"],
     "keepnorm": ["--embedding_norm=keep"],
+    "minsnr5+keepnorm": ["--min_snr_gamma=5", "--embedding_norm=keep"],
 }
 
 

@@ -1,5 +1,5 @@
 """Quickstart: teach the shipped concept-world model a new word from 5 pictures, on a CPU in
-about two minutes, and see it work: a before/after grid judged by the world's own judge.
+about half a minute, and see it work: a before/after grid judged by the world's own judge.
 
     python examples/quickstart.py [--root quickstart-root] [--concept yellow-square] [--steps 200]
 

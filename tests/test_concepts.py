@@ -208,3 +208,16 @@ def test_experiment_command_writes_json_markdown_and_picture(tmp_path):
     assert 0 <= row["learned"] <= 1 and 0 <= row["caption"] <= 1
     assert "| blue-circle |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "samples.png").stat().st_size > 0
+
+
+def test_step_files_of_a_run_are_its_own(tmp_path):
+    """A step file left in the folder by an earlier, longer experiment does not join the new
+    run's curve (it did: a 200-step curve showed a stale point at step 250)."""
+    from invokeai_ti.concepts.peer import run_timed
+
+    write = ("import pathlib, sys; d = pathlib.Path(sys.argv[1]); "
+             "(d / 'learned_embeds-steps-2.bin').write_bytes(b'2'); "
+             "(d / 'learned_embeds.bin').write_bytes(b'4')")  # fmt: skip
+    (tmp_path / "learned_embeds-steps-300.bin").write_bytes(b"old")
+    run = run_timed("fake", [sys.executable, "-c", write, str(tmp_path)], tmp_path, 4)
+    assert [step for step, _, _ in run.step_files] == [2, 4]

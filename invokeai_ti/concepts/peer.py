@@ -5,6 +5,7 @@ launcher that lets it run on a CPU-only torch. Every path is a flag; nothing is 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -53,7 +54,11 @@ def step_files(output_dir: Path, started: float, steps: int) -> list[tuple[int, 
 
 def run_timed(name: str, command: list[str], output_dir: Path, steps: int,
               env: dict[str, str] | None = None) -> TrainedRun:  # fmt: skip
-    """Run one trainer to the end, its output in `log_path`; a failure is a one-line UserError."""
+    """Run one trainer to the end, its output in `log_path`; a failure is a one-line UserError.
+    `output_dir` is emptied first: a step file or checkpoint left by an earlier experiment in the
+    same --out would otherwise join this run's curve."""
+    shutil.rmtree(output_dir, ignore_errors=True)
+    output_dir.mkdir(parents=True)
     log_path = output_dir / "train.log"
     started = time.time()
     with log_path.open("w") as log:
