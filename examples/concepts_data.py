@@ -6,8 +6,8 @@ condition is measured against the same run without it, in the same invocation.
 
 Per concept, 5 renders, the real invokeai-ti CLI (the experiment's settings, 150 steps), then
 32 judged samples of "a photo of a <t>" and of "a photo of a <t> on a black background":
-- captions: renders alternating white and gray backgrounds; plain (built-in templates) against
-  captioned (a `.txt` caption "on a white background" beside each image and a template file of
+- captions: renders alternating white and gray backgrounds, and renders all on white; plain
+  (built-in templates) against captioned (a `.txt` caption "on a white background" beside each image and a template file of
   the built-in templates with ` [filewords]` appended, A1111's spelling);
 - masks: renders all on white; plain against `--alpha_mask` (alpha 255 on the shape, 0 on the
   background). Leakage is the share of "a photo of a <t>" samples drawn on the training
@@ -85,6 +85,8 @@ def measure_concept(pipe, concept: str, out: Path, model: Path, template_file: P
         "varied-plain": (varied, False, False, []),
         "varied-captions": (varied, False, True, ["--caption_extension=.txt",
                                                    f"--template_file={template_file}"]),
+        "white-captions": (white, False, True, ["--caption_extension=.txt",
+                                                 f"--template_file={template_file}"]),
         "white-plain": (white, False, False, []),
         "white-alpha": (white, True, False, ["--alpha_mask"]),
     }  # fmt: skip
@@ -113,25 +115,33 @@ def table(rows: list[dict]) -> str:
             total += r
         return total / len(rows)
 
-    lines = ["| condition | recovery | edit to black (concept and black) | samples on white |",
-             "|---|---|---|---|"]  # fmt: skip
+    # Two leaks: the token alone drawing white, and white drawn where the prompt asks for black.
+    lines = ["| condition | recovery | edit to black (concept and black) | samples on white | "
+             "edit samples on white |", "|---|---|---|---|---|"]  # fmt: skip
     lines.append(f"| caption (the ceiling) | {mean('caption', 'rate'):.2f} | "
                  f"{mean('caption_edit', 'rate'):.2f} | "
-                 f"{mean('caption', 'backgrounds', 'white'):.2f} |")  # fmt: skip
-    for name in ("varied-plain", "varied-captions", "white-plain", "white-alpha"):
+                 f"{mean('caption', 'backgrounds', 'white'):.2f} | "
+                 f"{mean('caption_edit', 'backgrounds', 'white'):.2f} |")  # fmt: skip
+    for name in ("varied-plain", "varied-captions", "white-plain", "white-captions", "white-alpha"):
         lines.append(f"| {name} | {mean(name, 'learned', 'rate'):.2f} | "
                      f"{mean(name, 'edit', 'rate'):.2f} | "
-                     f"{mean(name, 'learned', 'backgrounds', 'white'):.2f} |")  # fmt: skip
+                     f"{mean(name, 'learned', 'backgrounds', 'white'):.2f} | "
+                     f"{mean(name, 'edit', 'backgrounds', 'white'):.2f} |")  # fmt: skip
     lines += [
         "",
-        "| concept | edit: plain -> captions | white share: plain -> alpha |",
-        "|---|---|---|",
+        "| concept | edit, white and gray: plain -> captions | edit, all white: plain -> captions "
+        "| edit, all white: plain -> alpha | edit samples on white: plain -> alpha |",
+        "|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r['concept']} | {r['varied-plain']['edit']['rate']:.2f} -> "
                      f"{r['varied-captions']['edit']['rate']:.2f} | "
-                     f"{r['white-plain']['learned']['backgrounds']['white']:.2f} -> "
-                     f"{r['white-alpha']['learned']['backgrounds']['white']:.2f} |")  # fmt: skip
+                     f"{r['white-plain']['edit']['rate']:.2f} -> "
+                     f"{r['white-captions']['edit']['rate']:.2f} | "
+                     f"{r['white-plain']['edit']['rate']:.2f} -> "
+                     f"{r['white-alpha']['edit']['rate']:.2f} | "
+                     f"{r['white-plain']['edit']['backgrounds']['white']:.2f} -> "
+                     f"{r['white-alpha']['edit']['backgrounds']['white']:.2f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -146,7 +156,15 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=MODEL_DIR)
     parser.add_argument("--samples", type=int, default=SAMPLES)
     parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="print the tables of OUT/results.json (the concepts measured so far)",
+    )
     args = parser.parse_args()
+    if args.table_only:
+        print(table(json.loads((args.out / "results.json").read_text())))
+        return
     SAMPLES, STEPS = args.samples, args.steps
     args.out.mkdir(parents=True, exist_ok=True)
     template_file = args.out / "templates.txt"

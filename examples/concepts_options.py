@@ -44,6 +44,11 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
+PEER = "diffusers script"
+FLAGS_OF = {"base": "(the experiment: AdamW, lr 5e-3 constant)",
+            PEER: "(its own defaults: lr 1e-4 constant, batch 16; from --peer_results)"}  # fmt: skip
+
+
 def run_variant(name: str, concepts: list[str], out: Path, steps: int, save_steps: int) -> None:
     cmd = [sys.executable, "-m", "invokeai_ti.concepts", "experiment", "--concept", *concepts,
            "--out", str(out / name), "--steps", str(steps), "--save_steps", str(save_steps),
@@ -55,7 +60,18 @@ def run_variant(name: str, concepts: list[str], out: Path, steps: int, save_step
     print(f"{name}: {status} ({time.time() - started:.0f} s)", flush=True)
 
 
-def table(out: Path) -> str:
+def peer_rows(experiment_json: Path, concepts: list[str]) -> list[dict]:
+    """The diffusers script's rows of an experiment run with --peer_script, in the shape of ours,
+    for the given concepts (the same images, seeds and steps as this file's base run)."""
+    by_concept = {r["concept"]: r for r in json.loads(experiment_json.read_text())["rows"]}
+    return [dict(by_concept[c], learned=by_concept[c]["peer"],
+                 learned_edit=by_concept[c]["peer_edit"], ours_curve=by_concept[c]["peer_curve"],
+                 ours_seconds_to_90pct=by_concept[c]["peer_seconds_to_90pct"],
+                 ours_wall_seconds=by_concept[c]["peer_wall_seconds"])
+            for c in concepts if c in by_concept]  # fmt: skip
+
+
+def table(out: Path, peer_results: Path | None = None) -> str:
     rows = {}
     for name in VARIANTS:
         path = out / name / "results.json"
@@ -64,9 +80,13 @@ def table(out: Path) -> str:
     if "base" not in rows:
         return "no base run yet\n"
     concepts = [r["concept"] for r in rows["base"]]
-    lines = ["| option | flags | recovery at 50 / 100 / 150 steps (mean over concepts) | "
-             "learned / caption | edit: learned / caption | s to 90 % of caption (mean, "
-             "reached) | wall s | vs base: recovery, edit |", "|---" * 8 + "|"]  # fmt: skip
+    if peer_results is not None:
+        rows[PEER] = peer_rows(peer_results, concepts)
+    steps = sorted({p["step"] for r in rows["base"] for p in r["ours_curve"]})
+    steps = [s for s in steps if s % 50 == 0] or steps
+    lines = [f"| option | flags | recovery at steps {' / '.join(map(str, steps))} (mean over "
+             "concepts) | learned / caption | edit: learned / caption | s to 90 % of caption "
+             "(mean, reached) | wall s | vs base: recovery, edit |", "|---" * 8 + "|"]  # fmt: skip
     base = _summary(rows["base"])
     for name, variant_rows in rows.items():
         if [r["concept"] for r in variant_rows] != concepts:
@@ -74,7 +94,7 @@ def table(out: Path) -> str:
         s = _summary(variant_rows)
         curve = " / ".join(f"{v:.2f}" for v in s["curve"])
         lines.append(
-            f"| {name} | {' '.join(VARIANTS[name]) or '(the experiment: AdamW, lr 5e-3 constant)'} | "
+            f"| {name} | {' '.join(VARIANTS.get(name, [])) or FLAGS_OF.get(name, '')} | "
             f"{curve} | {s['learned']:.2f} / {s['caption']:.2f} | {s['edit']:.2f} / {s['caption_edit']:.2f} | "
             f"{s['to90']} | {s['wall']:.0f} | {s['learned'] / max(base['learned'], 1e-9):.2f}, "
             f"{s['edit'] / max(base['edit'], 1e-9):.2f} |"
@@ -92,7 +112,9 @@ def table(out: Path) -> str:
 
 def _summary(rows: list[dict]) -> dict:
     n = len(rows)
+    # Every 50th step only, so runs saved every 10 steps and every 50 share the column.
     steps = sorted({p["step"] for r in rows for p in r["ours_curve"]})
+    steps = [s for s in steps if s % 50 == 0] or steps
     curve = [sum(next((p["rate"] for p in r["ours_curve"] if p["step"] == s), 0) for r in rows) / n
              for s in steps]  # fmt: skip
     reached = [r["ours_seconds_to_90pct"] for r in rows if r["ours_seconds_to_90pct"] is not None]
@@ -114,12 +136,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--save_steps", type=int, default=50)
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument(
+        "--peer_results",
+        type=Path,
+        default=None,
+        help="an experiment's results.json run with --peer_script on the same "
+        "concepts, steps and save steps: adds the diffusers script's row",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
         for name in args.only:
             run_variant(name, args.concepts, args.out, args.steps, args.save_steps)
-    text = table(args.out)
+    text = table(args.out, args.peer_results)
     print(text)
     (args.out / "options.md").write_text(text)
 
