@@ -77,17 +77,19 @@ def table(out: Path, peer_results: Path | None = None) -> str:
         path = out / name / "results.json"
         if path.is_file():
             rows[name] = json.loads(path.read_text())["rows"]
-    if "base" not in rows:
-        return "no base run yet\n"
-    concepts = [r["concept"] for r in rows["base"]]
+    if not rows:
+        return "no variant has run yet\n"
+    # The reference: the experiment's settings if they ran, else the first variant that did.
+    reference = "base" if "base" in rows else next(iter(rows))
+    concepts = [r["concept"] for r in rows[reference]]
     if peer_results is not None:
         rows[PEER] = peer_rows(peer_results, concepts)
-    steps = sorted({p["step"] for r in rows["base"] for p in r["ours_curve"]})
+    steps = sorted({p["step"] for r in rows[reference] for p in r["ours_curve"]})
     steps = [s for s in steps if s % 50 == 0] or steps
     lines = [f"| option | flags | recovery at steps {' / '.join(map(str, steps))} (mean over "
              "concepts) | learned / caption | edit: learned / caption | s to 90 % of caption "
-             "(mean, reached) | wall s | vs base: recovery, edit |", "|---" * 8 + "|"]  # fmt: skip
-    base = _summary(rows["base"])
+             f"(mean, reached) | wall s | vs {reference}: recovery, edit |", "|---" * 8 + "|"]  # fmt: skip
+    base = _summary(rows[reference])
     for name, variant_rows in rows.items():
         if [r["concept"] for r in variant_rows] != concepts:
             continue
@@ -107,6 +109,16 @@ def table(out: Path, peer_results: Path | None = None) -> str:
     for name, variant_rows in rows.items():
         cells = " | ".join(f"{r['learned']:.2f} ({r['caption']:.2f})" for r in variant_rows)
         lines.append(f"| {name} | {cells} |")
+    lines += ["", f"Per concept, seconds to 90 % of the caption (- not reached), and the ratio to "
+              f"{reference} where both reach it:", "",
+              "| option | " + " | ".join(concepts) + " |", "|---" * (len(concepts) + 1) + "|"]  # fmt: skip
+    for name, variant_rows in rows.items():
+        cells = []
+        for r, ref in zip(variant_rows, rows[reference]):
+            own, theirs = r["ours_seconds_to_90pct"], ref["ours_seconds_to_90pct"]
+            ratio = f" ({own / theirs:.2f}x)" if own and theirs and name != reference else ""
+            cells.append(f"{own:.1f} s{ratio}" if own is not None else "-")
+        lines.append(f"| {name} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
 
