@@ -7,8 +7,9 @@ condition is measured against the same run without it, in the same invocation.
 Per concept, 5 renders, the real invokeai-ti CLI (the experiment's settings, 150 steps), then
 32 judged samples of "a photo of a <t>" and of "a photo of a <t> on a black background":
 - captions: renders alternating white and gray backgrounds, and renders all on white; plain
-  (built-in templates) against captioned (a `.txt` caption "on a white background" beside each image and a template file of
-  the built-in templates with ` [filewords]` appended, A1111's spelling);
+  (built-in templates) against captioned (a `.txt` caption naming each image's background beside
+  it, and a template file of the built-in templates with ` [filewords]` appended, A1111's
+  spelling);
 - masks: renders all on white; plain against `--alpha_mask` (alpha 255 on the shape, 0 on the
   background). Leakage is the share of "a photo of a <t>" samples drawn on the training
   background, next to the caption's own share for the same prompt.
@@ -81,12 +82,11 @@ def measure_concept(pipe, concept: str, out: Path, model: Path, template_file: P
     row["caption_edit"] = judge(pipe, EDIT.format(f"{colour} {shape}", EDIT_BACKGROUND), concept,
                                 EDIT_BACKGROUND)  # fmt: skip
     varied, white = ["white", "gray"] * 2 + ["white"], ["white"] * 5
+    caption_flags = ["--caption_extension=.txt", f"--template_file={template_file}"]
     conditions = {
         "varied-plain": (varied, False, False, []),
-        "varied-captions": (varied, False, True, ["--caption_extension=.txt",
-                                                   f"--template_file={template_file}"]),
-        "white-captions": (white, False, True, ["--caption_extension=.txt",
-                                                 f"--template_file={template_file}"]),
+        "varied-captions": (varied, False, True, caption_flags),
+        "white-captions": (white, False, True, caption_flags),
         "white-plain": (white, False, False, []),
         "white-alpha": (white, True, False, ["--alpha_mask"]),
     }  # fmt: skip

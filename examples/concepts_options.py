@@ -84,15 +84,13 @@ def table(out: Path, peer_results: Path | None = None) -> str:
     concepts = [r["concept"] for r in rows[reference]]
     if peer_results is not None:
         rows[PEER] = peer_rows(peer_results, concepts)
-    steps = sorted({p["step"] for r in rows[reference] for p in r["ours_curve"]})
-    steps = [s for s in steps if s % 50 == 0] or steps
-    lines = [f"| option | flags | recovery at steps {' / '.join(map(str, steps))} (mean over "
-             "concepts) | learned / caption | edit: learned / caption | s to 90 % of caption "
-             f"(mean, reached) | wall s | vs {reference}: recovery, edit |", "|---" * 8 + "|"]  # fmt: skip
+    # Every table lines its cells up by concept: a variant run on other concepts has no row.
+    rows = {name: r for name, r in rows.items() if [x["concept"] for x in r] == concepts}
     base = _summary(rows[reference])
+    lines = [f"| option | flags | recovery at steps {' / '.join(map(str, base['steps']))} (mean "
+             "over concepts) | learned / caption | edit: learned / caption | s to 90 % of caption "
+             f"(mean, reached) | wall s | vs {reference}: recovery, edit |", "|---" * 8 + "|"]  # fmt: skip
     for name, variant_rows in rows.items():
-        if [r["concept"] for r in variant_rows] != concepts:
-            continue
         s = _summary(variant_rows)
         curve = " / ".join(f"{v:.2f}" for v in s["curve"])
         lines.append(
@@ -133,7 +131,7 @@ def _summary(rows: list[dict]) -> dict:
     to90 = (
         f"{sum(reached) / len(reached):.1f} s ({len(reached)}/{n})" if reached else f"never (0/{n})"
     )
-    return dict(curve=curve, learned=sum(r["learned"] for r in rows) / n,
+    return dict(steps=steps, curve=curve, learned=sum(r["learned"] for r in rows) / n,
                 caption=sum(r["caption"] for r in rows) / n,
                 edit=sum(r["learned_edit"] for r in rows) / n,
                 caption_edit=sum(r["caption_edit"] for r in rows) / n, to90=to90,
