@@ -94,6 +94,34 @@ def test_pretraining_from_a_scene_pool_stops_at_its_time_budget_and_records_the_
     assert "--pool_size 64" in record["reproduce"]
 
 
+def test_pretraining_continues_from_a_saved_model_and_chains_its_record(tmp_path):
+    """--continue_from keeps the source's VAE bit for bit, trains the UNet further, and
+    pretrain.json nests the new run under "continued" with one command that rebuilds both."""
+    from safetensors.torch import load_file
+
+    from invokeai_ti.concepts.sampling import MODEL_DIR
+
+    result = concepts_command("model", str(tmp_path / "model"), "--pretrain", "--seed", "1",
+                              "--continue_from", str(MODEL_DIR), "--unet_steps", "2",
+                              "--batch_size", "4", "--learning_rate", "1e-3", timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    vae_file = Path("vae") / "diffusion_pytorch_model.safetensors"
+    kept, source_vae = load_file(tmp_path / "model" / vae_file), load_file(MODEL_DIR / vae_file)
+    assert kept.keys() == source_vae.keys()
+    assert all(kept[name].equal(source_vae[name]) for name in kept)
+    unet_file = Path("unet") / "diffusion_pytorch_model.safetensors"
+    assert (tmp_path / "model" / unet_file).read_bytes() != (MODEL_DIR / unet_file).read_bytes()
+    record = json.loads((tmp_path / "model" / "pretrain.json").read_text())
+    source = json.loads((MODEL_DIR / "pretrain.json").read_text())
+    assert record["seed"] == source["seed"] and record["continued"]["unet_steps_run"] == 2
+    assert record["reproduce"].startswith(source["reproduce"] + " && ")
+    assert record["reproduce"].endswith("--learning_rate 0.001 --continue_from DIR")
+    missing = concepts_command("model", str(tmp_path / "m2"), "--pretrain", "--continue_from",
+                               str(tmp_path / "nowhere"))  # fmt: skip
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+    assert "--continue_from" in missing.stderr
+
+
 def test_pretraining_on_a_missing_gpu_is_one_line():
     if __import__("torch").cuda.is_available():
         pytest.skip("a GPU is present")

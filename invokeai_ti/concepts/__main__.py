@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--unet_seconds", type=float, default=0.0,
                        help="stop the UNet at this wall time; pretrain.json says the step")  # fmt: skip
     model.add_argument("--snapshot_every", type=int, default=500)
+    model.add_argument("--learning_rate", type=float, default=None)
+    model.add_argument("--continue_from", type=Path, default=None,
+                       help="a pipeline folder to train further (its VAE kept) instead of "
+                       "starting from random weights")  # fmt: skip
     from invokeai_ti.concepts.experiment import add_arguments
 
     add_arguments(sub.add_parser("experiment", help="recover a concept with invokeai-ti, judged"))
@@ -84,7 +88,12 @@ def _model(args: argparse.Namespace) -> None:
     settings = PretrainSettings(seed=args.seed, device=args.device, pool_size=args.pool_size,
                                 unet_seconds=args.unet_seconds,
                                 snapshot_every=args.snapshot_every)  # fmt: skip
-    for name in ("vae_steps", "unet_steps", "batch_size"):
+    if args.continue_from is not None:
+        if not (args.continue_from / "unet").is_dir():
+            raise UserError(f"--continue_from {args.continue_from}: not a concept-world pipeline "
+                            "folder (no unet/); give one that `model DIR` wrote.")  # fmt: skip
+        settings.continue_from = str(args.continue_from)
+    for name in ("vae_steps", "unet_steps", "batch_size", "learning_rate"):
         if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))
     pretrain(args.dir, settings)

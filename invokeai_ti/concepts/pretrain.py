@@ -45,6 +45,9 @@ class PretrainSettings:
     # > 0: stop the UNet at this wall time; pretrain.json records the step to reproduce it with.
     unet_seconds: float = 0.0
     snapshot_every: int = 500
+    # A pipeline folder to go on from (its VAE kept frozen, the UNet and text encoder trained
+    # further with a fresh optimizer); pretrain.json then records that run under "continued".
+    continue_from: str = ""
 
 
 def build_untrained(seed: int):
@@ -75,6 +78,19 @@ def build_untrained(seed: int):
                                 cross_attention_dim=32, attention_head_dim=8,
                                 norm_num_groups=16)  # fmt: skip
     return load_clip_tokenizer(), text_encoder, vae, unet
+
+
+def load_trained(model_dir: Path):
+    """Tokenizer, text encoder, VAE and UNet of a saved concept-world pipeline."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from invokeai_ti.models.tiny import load_clip_tokenizer
+
+    return (load_clip_tokenizer(),
+            CLIPTextModel.from_pretrained(str(model_dir), subfolder="text_encoder"),
+            AutoencoderKL.from_pretrained(str(model_dir), subfolder="vae").eval().requires_grad_(False),
+            UNet2DConditionModel.from_pretrained(str(model_dir), subfolder="unet"))  # fmt: skip
 
 
 def _batch(rng: random.Random, n: int, templates: list[str]) -> tuple[torch.Tensor, list[str]]:
@@ -269,11 +285,15 @@ def pretrain(output_dir: Path, settings: PretrainSettings) -> Path:
     started = time.time()
     pool = ScenePool(settings.pool_size, settings.seed) if settings.pool_size else None
     torch.manual_seed(settings.seed)
-    tokenizer, text_encoder, vae, unet = build_untrained(settings.seed)
+    if settings.continue_from:
+        tokenizer, text_encoder, vae, unet = load_trained(Path(settings.continue_from))
+    else:
+        tokenizer, text_encoder, vae, unet = build_untrained(settings.seed)
     for module in (text_encoder, vae, unet):
         module.to(settings.device)
-    train_vae(vae, settings, OBJECT_TEMPLATES)
-    vae.register_to_config(scaling_factor=latent_scale(vae, OBJECT_TEMPLATES, settings.seed))
+    if not settings.continue_from:
+        train_vae(vae, settings, OBJECT_TEMPLATES)
+        vae.register_to_config(scaling_factor=latent_scale(vae, OBJECT_TEMPLATES, settings.seed))
     recon_right = reconstruction_accuracy(vae, settings.seed)
     log.info("vae scaling_factor %.4f, reconstructions judged right: %.3f",
              vae.config.scaling_factor, recon_right)  # fmt: skip
@@ -303,6 +323,14 @@ def pretrain(output_dir: Path, settings: PretrainSettings) -> Path:
                   seconds=round(time.time() - started, 1), torch=torch.__version__,
                   reproduce=f"python -m invokeai_ti.concepts model DIR --pretrain --seed {settings.seed} "
                   f"--vae_steps {settings.vae_steps} --unet_steps {steps} --batch_size "
-                  f"{settings.batch_size} --pool_size {settings.pool_size} --device {settings.device}")  # fmt: skip
+                  f"{settings.batch_size} --pool_size {settings.pool_size} --device {settings.device} "
+                  f"--learning_rate {settings.learning_rate}")  # fmt: skip
+    if settings.continue_from:
+        # The source's own record first, so the chain of runs that made the weights stays whole.
+        source = Path(settings.continue_from) / "pretrain.json"
+        previous = json.loads(source.read_text()) if source.is_file() else {}
+        record["reproduce"] = (f"{previous.get('reproduce', '(unknown source)')} && "
+                               f"{record['reproduce'].replace('DIR', 'DIR2')} --continue_from DIR")  # fmt: skip
+        record = dict(previous, continued=record, reproduce=record["reproduce"])
     (output_dir / "pretrain.json").write_text(json.dumps(record, indent=2) + "\n")
     return output_dir
