@@ -27,6 +27,20 @@ import numpy as np
 SAMPLES, STEPS = 32, 150  # --samples/--steps change them for a smoke run
 CONCEPTS = ["yellow-square", "green-circle", "yellow-triangle", "red-square", "blue-circle"]
 EDIT_BACKGROUND = "black"
+# name -> (backgrounds: "varied" white and gray, or all "white"; alpha channel; caption files;
+# trainer flags). Captioned conditions add --caption_extension and the template file.
+PRIOR = "--masked_prior_preservation_weight"
+CONDITIONS = {
+    "varied-plain": ("varied", False, False, []),
+    "varied-captions": ("varied", False, True, []),
+    "white-captions": ("white", False, True, []),
+    "white-plain": ("white", False, False, []),
+    "white-alpha": ("white", True, False, ["--alpha_mask"]),
+    "white-alpha-prior0.3": ("white", True, False, ["--alpha_mask", f"{PRIOR}=0.3"]),
+    "white-alpha-prior1": ("white", True, False, ["--alpha_mask", f"{PRIOR}=1"]),
+    "white-alpha-prior3": ("white", True, False, ["--alpha_mask", f"{PRIOR}=3"]),
+}
+FIRST_CONDITIONS = list(CONDITIONS)[:5]  # the 2026-12-05 run's
 
 
 def render_set(concept: str, folder: Path, backgrounds: list[str], alpha: bool,
@@ -72,7 +86,8 @@ def judge(pipe, prompt: str, concept: str, background: str | None = None) -> dic
     return dict(rate=hit, backgrounds=shares)
 
 
-def measure_concept(pipe, concept: str, out: Path, model: Path, template_file: Path) -> dict:
+def measure_concept(pipe, concept: str, out: Path, model: Path, template_file: Path,
+                    conditions: list[str]) -> dict:  # fmt: skip
     from invokeai_ti.concepts.experiment import EDIT, PROMPT, TOKEN, load_embedding_as
     from invokeai_ti.concepts.world import parse_concept
 
@@ -81,16 +96,11 @@ def measure_concept(pipe, concept: str, out: Path, model: Path, template_file: P
     row["caption"] = judge(pipe, PROMPT.format(f"{colour} {shape}"), concept)
     row["caption_edit"] = judge(pipe, EDIT.format(f"{colour} {shape}", EDIT_BACKGROUND), concept,
                                 EDIT_BACKGROUND)  # fmt: skip
-    varied, white = ["white", "gray"] * 2 + ["white"], ["white"] * 5
     caption_flags = ["--caption_extension=.txt", f"--template_file={template_file}"]
-    conditions = {
-        "varied-plain": (varied, False, False, []),
-        "varied-captions": (varied, False, True, caption_flags),
-        "white-captions": (white, False, True, caption_flags),
-        "white-plain": (white, False, False, []),
-        "white-alpha": (white, True, False, ["--alpha_mask"]),
-    }  # fmt: skip
-    for name, (backgrounds, alpha, captions, flags) in conditions.items():
+    for name in conditions:
+        kind, alpha, captions, flags = CONDITIONS[name]
+        backgrounds = ["white", "gray"] * 2 + ["white"] if kind == "varied" else ["white"] * 5
+        flags = flags + caption_flags if captions else flags
         images = out / concept / name / "images"
         render_set(concept, images, backgrounds, alpha, captions)
         started = time.time()
@@ -115,6 +125,7 @@ def table(rows: list[dict]) -> str:
             total += r
         return total / len(rows)
 
+    measured = [name for name in CONDITIONS if all(name in r for r in rows)]
     # Two leaks: the token alone drawing white, and white drawn where the prompt asks for black.
     lines = ["| condition | recovery | edit to black (concept and black) | samples on white | "
              "edit samples on white |", "|---|---|---|---|---|"]  # fmt: skip
@@ -122,26 +133,17 @@ def table(rows: list[dict]) -> str:
                  f"{mean('caption_edit', 'rate'):.2f} | "
                  f"{mean('caption', 'backgrounds', 'white'):.2f} | "
                  f"{mean('caption_edit', 'backgrounds', 'white'):.2f} |")  # fmt: skip
-    for name in ("varied-plain", "varied-captions", "white-plain", "white-captions", "white-alpha"):
+    for name in measured:
         lines.append(f"| {name} | {mean(name, 'learned', 'rate'):.2f} | "
                      f"{mean(name, 'edit', 'rate'):.2f} | "
                      f"{mean(name, 'learned', 'backgrounds', 'white'):.2f} | "
                      f"{mean(name, 'edit', 'backgrounds', 'white'):.2f} |")  # fmt: skip
-    lines += [
-        "",
-        "| concept | edit, white and gray: plain -> captions | edit, all white: plain -> captions "
-        "| edit, all white: plain -> alpha | edit samples on white: plain -> alpha |",
-        "|---|---|---|---|---|",
-    ]
+    lines += ["", "Per concept: recovery / edit to black / samples on white.", "",
+              "| concept | " + " | ".join(measured) + " |", "|---" * (1 + len(measured)) + "|"]
     for r in rows:
-        lines.append(f"| {r['concept']} | {r['varied-plain']['edit']['rate']:.2f} -> "
-                     f"{r['varied-captions']['edit']['rate']:.2f} | "
-                     f"{r['white-plain']['edit']['rate']:.2f} -> "
-                     f"{r['white-captions']['edit']['rate']:.2f} | "
-                     f"{r['white-plain']['edit']['rate']:.2f} -> "
-                     f"{r['white-alpha']['edit']['rate']:.2f} | "
-                     f"{r['white-plain']['edit']['backgrounds']['white']:.2f} -> "
-                     f"{r['white-alpha']['edit']['backgrounds']['white']:.2f} |")  # fmt: skip
+        cells = [f"{r[n]['learned']['rate']:.2f} / {r[n]['edit']['rate']:.2f} / "
+                 f"{r[n]['learned']['backgrounds']['white']:.2f}" for n in measured]
+        lines.append(f"| {r['concept']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -156,6 +158,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=MODEL_DIR)
     parser.add_argument("--samples", type=int, default=SAMPLES)
     parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--conditions", nargs="+", choices=list(CONDITIONS),
+                        default=FIRST_CONDITIONS)  # fmt: skip
     parser.add_argument(
         "--table-only",
         action="store_true",
@@ -172,7 +176,8 @@ def main() -> None:
     pipe = load_pipeline(args.model)
     rows = []
     for concept in args.concepts:
-        rows.append(measure_concept(pipe, concept, args.out, args.model, template_file))
+        rows.append(measure_concept(pipe, concept, args.out, args.model, template_file,
+                                    args.conditions))  # fmt: skip
         (args.out / "results.json").write_text(json.dumps(rows, indent=1))
     text = table(rows)
     print(text)

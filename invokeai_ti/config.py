@@ -64,6 +64,8 @@ class TrainingConfig:
     caption_dropout_rate: float = 0.0  # share of samples trained with no caption
     alpha_mask: bool = False  # weight the loss by each image's alpha channel
     mask_extension: str | None = None  # e.g. "_mask.png": cat.png's loss mask is cat_mask.png
+    # Outside the mask, pull the prediction toward the initializer's (OneTrainer's name); 0: off
+    masked_prior_preservation_weight: float = 0.0
     enable_bucket: bool = False  # train each image at its own aspect ratio
     min_bucket_reso: int = 256  # smallest bucket side (px)
     max_bucket_reso: int = 1024  # largest bucket side (px)
@@ -190,6 +192,9 @@ class TrainingConfig:
             self._validate_buckets()
         if self.alpha_mask and self.mask_extension:
             raise UserError("--alpha_mask and --mask_extension both give a loss mask: use one.")
+        if self.masked_prior_preservation_weight and not (self.alpha_mask or self.mask_extension):
+            raise UserError("--masked_prior_preservation_weight acts outside a loss mask: add "
+                            "--alpha_mask or --mask_extension, or leave it out.")
 
     def _validate_buckets(self) -> None:
         step = self.bucket_reso_steps

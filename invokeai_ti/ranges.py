@@ -100,6 +100,8 @@ RANGES: dict[str, Range] = {
     "keep_tokens": _count("tags --shuffle_caption keeps at the start of a caption", low=0,
                           high=TOKENIZER_LENGTH),  # fmt: skip
     "caption_dropout_rate": _real(0, 1, "the share of samples trained without their caption"),
+    "masked_prior_preservation_weight": _real(0, FLOAT32_MAX, "0 turns it off; 1 weighs the "
+                                              "background's mean error as the subject's"),
     "min_bucket_reso": _count("a bucket side in pixels", high=MAX_RESOLUTION),
     "max_bucket_reso": _count("a bucket side in pixels", high=MAX_RESOLUTION),
     "bucket_reso_steps": _count("bucket sides are multiples of it", low=8, high=MAX_RESOLUTION,

@@ -144,5 +144,70 @@ def test_a_masked_run_trains_and_the_plan_says_so(cli, root, tmp_path):
     plan = cli(*base, "--dry_run")
     assert plan.code == 0, plan.err
     assert "Loss masks: alpha channels of 4 images, mean weight 0.68." in plan.out
+    held = cli(*base, "--masked_prior_preservation_weight", "0.5", "--dry_run")
+    assert ("Loss masks: alpha channels of 4 images, mean weight 0.68; outside them the "
+            "prediction is held to the initializer's, weight 0.5.") in held.out, held.err
     result = cli(*base, "--output_dir", tmp_path / "out")
     assert result.code == 0 and "Trained 4 steps" in result.out, result.err
+
+
+def test_masked_prior_preservation_pulls_only_outside_the_mask_toward_the_initial_vectors(
+    root, tmp_path
+):
+    """--masked_prior_preservation_weight W: inside the mask the loss is the masked loss; outside
+    it the prediction's mean squared distance from the initial vectors' prediction is added,
+    weighted W. At the initial vectors that term is zero; once the vectors move it is exactly that
+    distance; and train_step, the validation loss and the report agree."""
+    from invokeai_ti.models.denoising import objective, prediction_and_target
+
+    data = make_cutouts(tmp_path / "data")
+    argv = ["--root_dir", root, "--placeholder_token", TOKEN, "--train_data_dir", data,
+            "--output_dir", tmp_path / "out", *TINY_FLAGS, "--alpha_mask",
+            "--masked_prior_preservation_weight", "2"]  # fmt: skip
+    run = setup(apply_root_defaults(parse_config([str(a) for a in argv])[0]))
+    prior = training_step.masked_prior(run)
+    assert prior.weight == 2.0
+    c, source = run.components, run.latent_source
+    g = torch.Generator().manual_seed(3)
+    x0 = source.draw(torch.tensor([0, 1]), torch.tensor([0, 1]), torch.randn((2, 4, 8, 8), generator=g))
+    noise, t = torch.randn((2, 4, 8, 8), generator=g), torch.tensor([500, 900])
+    ids = run.prompts.token_ids([run.prompts.text(0, 0), run.prompts.text(1, 2)], c.tokenizers, c.device)
+    weights = source.weights(torch.tensor([0, 1]), torch.tensor([0, 1]))
+    with torch.no_grad():
+        masked = objective(c, x0, noise, t, ids, None, weights)
+        at_start = objective(c, x0, noise, t, ids, None, weights, prior)
+        assert torch.equal(at_start, masked)  # the initial vectors' own prediction: no pull
+        run.placeholders[0].vectors.add_(0.5)
+        moved = run.placeholders[0].detached()
+        pulled = objective(c, x0, noise, t, ids, None, weights, prior)
+        moved_masked = objective(c, x0, noise, t, ids, None, weights)
+        outside = 1 - weights
+        moved_pred, _ = prediction_and_target(c, x0, noise, t, ids, None)
+        with quality.holding(run.placeholders, run.initial_vectors):
+            start_pred, _ = prediction_and_target(c, x0, noise, t, ids, None)
+    distance = ((moved_pred - start_pred).pow(2) * outside).sum(dim=(1, 2, 3)) / (
+        outside.sum(dim=(1, 2, 3)) * 4)
+    assert bool((distance > 0).all())
+    assert torch.allclose(pulled, moved_masked + 2 * distance, rtol=1e-5)
+    assert torch.equal(run.placeholders[0].detached(), moved)  # the vectors came back bit for bit
+    samples = [dataset.Sample(1, 1, 3, 11), dataset.Sample(2, 0, 5, 12)]
+    with torch.no_grad():
+        loss = training_step.train_step(run, samples, torch.Generator().manual_seed(7))
+        g = torch.Generator().manual_seed(7)
+        latent_noise, noise = torch.randn((2, 4, 8, 8), generator=g), torch.randn((2, 4, 8, 8), generator=g)
+        draws = quality.Draws(torch.tensor([1, 2]), torch.tensor([1, 0]), torch.tensor([3, 5]),
+                              latent_noise, noise, torch.randint(0, 1000, (2,), generator=g))  # fmt: skip
+        report_loss = quality.denoising_loss(c, source, run.prompts, None, draws, 2, prior=prior)
+    assert report_loss == pytest.approx(loss.item(), rel=1e-5)
+
+
+def test_masked_prior_preservation_needs_a_mask_and_a_weight_of_zero_or_more(cli, root, tmp_path):
+    base = ("--root_dir", root, "--placeholder_token", TOKEN, "--output_dir", tmp_path / "o",
+            *TINY_FLAGS, "--dry_run")  # fmt: skip
+    alone = cli(*base, "--masked_prior_preservation_weight", "1")
+    assert alone.code == 2 and alone.err.strip().splitlines() == [
+        "invokeai-ti: error: --masked_prior_preservation_weight acts outside a loss mask: add --alpha_mask or "
+        "--mask_extension, or leave it out."]  # fmt: skip
+    negative = cli(*base, "--alpha_mask", "--masked_prior_preservation_weight=-1")
+    assert negative.code == 2 and len(negative.err.strip().splitlines()) <= 2
+    assert "--masked_prior_preservation_weight must be in [0, " in negative.err

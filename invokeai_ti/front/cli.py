@@ -268,6 +268,9 @@ def _add_caption_mask_config_flags(p: argparse.ArgumentParser, d: TrainingConfig
     g.add_argument("--mask_extension", metavar="EXT",
                    help="weight the loss by a mask image beside each image, e.g. _mask.png "
                    "(cat.png -> cat_mask.png; white: learned, black: not)")
+    _number(g, "--masked_prior_preservation_weight",
+            help="outside the mask, keep the model's prediction as the initializer had it, with "
+            "this weight, so the background does not leak into the token (0: off)")
     g.add_argument("--enable_bucket", action=argparse.BooleanOptionalAction, default=d.enable_bucket,
                    help="train each image at the aspect-ratio bucket closest to its own, "
                    "about --resolution squared in area, batches from one bucket")

@@ -7,6 +7,8 @@ and the optimizer state is O(num_vectors x dim) instead of the whole 49k x dim m
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,3 +166,22 @@ def sdxl_time_ids(
             top, left = round((height - side) // 2 * scale), round((width - side) // 2 * scale)
         rows.append([height, width, top, left, resolution, resolution])
     return torch.tensor(rows, dtype=torch.float32)
+
+
+@contextmanager
+def holding(placeholders: list[Placeholder], vectors: list[torch.Tensor] | None) -> Iterator[None]:
+    """The placeholders hold `vectors` (None: their own) inside the block and exactly their own
+    values again after it, so the optimizer's parameters come back bit for bit."""
+    if vectors is None:
+        yield
+        return
+    own = [ph.detached() for ph in placeholders]
+    try:
+        with torch.no_grad():
+            for placeholder, v in zip(placeholders, vectors):
+                placeholder.vectors.copy_(v)
+        yield
+    finally:
+        with torch.no_grad():
+            for placeholder, v in zip(placeholders, own):
+                placeholder.vectors.copy_(v)

@@ -343,6 +343,9 @@ def data_plan(run: Any) -> list[str]:
         source = "alpha channels" if cfg.alpha_mask else f"{cfg.mask_extension} files"
         masks = (f"{source} of {len(images.paths)} images, mean weight "
                  f"{float(images.masks.mean()):.2f}")
+        if cfg.masked_prior_preservation_weight:
+            masks += (f"; outside them the prediction is held to the initializer's, weight "
+                      f"{cfg.masked_prior_preservation_weight:g}")
     given = f"read from {cfg.config}; " if cfg.config else ""
     bucketed = []
     if images.fits is not None:

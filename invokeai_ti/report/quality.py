@@ -4,8 +4,7 @@ held-out draws, with the objective training minimises."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,9 +13,9 @@ import torch
 from invokeai_ti.data import latents
 from invokeai_ti.data.captions import Prompts
 from invokeai_ti.files.atomic import atomic_write_text
-from invokeai_ti.models.denoising import per_sample_loss, prediction_and_target
+from invokeai_ti.models.denoising import MaskedPrior, objective
 from invokeai_ti.models.loading import Components
-from invokeai_ti.models.placeholder import Placeholder
+from invokeai_ti.models.placeholder import Placeholder, holding
 
 REPORT = "report.json"
 # The report's draws come from this seed; training seeds its generators from (seed, step, micro),
@@ -81,7 +80,8 @@ def _batches(draws: Draws, latent_source: latents.LatentSource, batch_size: int)
 @torch.no_grad()
 def denoising_loss(components: Components, latent_source: latents.LatentSource,
                    prompts: Prompts, time_ids: torch.Tensor | None, draws: Draws,
-                   batch_size: int, advance: Callable[[int], None] | None = None) -> float:  # fmt: skip
+                   batch_size: int, advance: Callable[[int], None] | None = None,
+                   prior: MaskedPrior | None = None) -> float:  # fmt: skip
     """Mean of the training objective (train_step's loss) over `draws`, with each image's whole
     caption (no shuffle or dropout) and its loss mask; a test keeps the two equal. `advance(n)` is
     told of each batch of n draws as it finishes."""
@@ -96,8 +96,8 @@ def denoising_loss(components: Components, latent_source: latents.LatentSource,
                                                     draws.template_index[part].tolist())]  # fmt: skip
         prompt_ids = prompts.token_ids(texts, c.tokenizers, device)
         image_time_ids = time_ids[images] if time_ids is not None else None
-        pred, target = prediction_and_target(c, x0, noise, t, prompt_ids, image_time_ids)
-        total += per_sample_loss(pred, target, latent_source.weights(images, flipped)).sum().item()
+        masks = latent_source.weights(images, flipped)
+        total += objective(c, x0, noise, t, prompt_ids, image_time_ids, masks, prior).sum().item()
         if advance is not None:
             advance(len(t))
     return total / len(draws.t)
@@ -126,7 +126,8 @@ def quality_report(components: Components, placeholders: list[Placeholder],
                    latent_source: latents.LatentSource, prompts: Prompts,
                    time_ids: torch.Tensor | None, initial: list[torch.Tensor], step: int,
                    batch_size: int, seed: int = EVAL_SEED, per_image: int = DRAWS_PER_IMAGE,
-                   advance: Callable[[int], None] | None = None) -> QualityReport:  # fmt: skip
+                   advance: Callable[[int], None] | None = None,
+                   prior: MaskedPrior | None = None) -> QualityReport:  # fmt: skip
     """The denoising loss on the same draws with the initializer's vectors and with the current
     (learned) ones; the placeholders hold the learned vectors again afterwards."""
     num_images = latent_source.num_images
@@ -135,7 +136,7 @@ def quality_report(components: Components, placeholders: list[Placeholder],
     for name, vectors in (("initializer", initial), ("learned", None)):
         with holding(placeholders, vectors):
             losses[name] = denoising_loss(components, latent_source, prompts, time_ids, draws,
-                                          batch_size, advance)  # fmt: skip
+                                          batch_size, advance, prior)  # fmt: skip
     return QualityReport(step, losses["initializer"], losses["learned"], num_images,
                          len(draws.t), seed)  # fmt: skip
 
@@ -147,25 +148,6 @@ def fixed_draws(components: Components, latent_source: latents.LatentSource, pro
     shapes = [latent_source.shape_of(i) for i in range(num_images)]
     return make_draws(num_images, prompts.num_templates, shapes,
                       components.noise_scheduler.config.num_train_timesteps, seed, per_image)  # fmt: skip
-
-
-@contextmanager
-def holding(placeholders: list[Placeholder], vectors: list[torch.Tensor] | None) -> Iterator[None]:
-    """The placeholders hold `vectors` (None: their own) inside the block and exactly their own
-    values again after it, so the optimizer's parameters come back bit for bit."""
-    if vectors is None:
-        yield
-        return
-    own = [ph.detached() for ph in placeholders]
-    try:
-        with torch.no_grad():
-            for placeholder, v in zip(placeholders, vectors):
-                placeholder.vectors.copy_(v)
-        yield
-    finally:
-        with torch.no_grad():
-            for placeholder, v in zip(placeholders, own):
-                placeholder.vectors.copy_(v)
 
 
 def save_report(output_dir: Path, report: QualityReport) -> Path:

@@ -19,6 +19,7 @@ from invokeai_ti.report.budget import EvaluationBudget
 from invokeai_ti.report.progress import ProgressReporter
 from invokeai_ti.train.run import Run
 from invokeai_ti.train.setup import setup
+from invokeai_ti.train.step import masked_prior
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def evaluate_output(config: TrainingConfig, seed: int = quality.EVAL_SEED) -> st
     run = setup(trained)
     report = quality.quality_report(run.components, run.placeholders, run.latent_source, run.prompts,
                             run.time_ids, run.initial_vectors, run.progress.step,
-                            2 * trained.train_batch_size, seed)  # fmt: skip
+                            2 * trained.train_batch_size, seed, prior=masked_prior(run))  # fmt: skip
     path = quality.save_report(trained.output_dir, report)
     return f"{report.line()} Written to {path}."
 
@@ -105,12 +106,15 @@ def measure_validation_loss(run: Run, reporter: ProgressReporter,
           reporter.task("Validation loss", forwards) as advance,
           quality.holding(run.placeholders, vectors)):  # fmt: skip
         return quality.denoising_loss(run.components, run.latent_source, run.prompts,
-                                      run.time_ids, draws, 2 * cfg.train_batch_size, advance)  # fmt: skip
+                                      run.time_ids, draws, 2 * cfg.train_batch_size, advance,
+                                      masked_prior(run))  # fmt: skip
 
 
 def validation_forwards(run: Run) -> int:
-    """A validation loss's cost in UNet passes: its draws, each with the current vectors."""
-    return run.config.validation_loss_draws * run.latent_source.num_images
+    """A validation loss's cost in UNet passes: its draws, each with the current vectors (and
+    the initial ones too with --masked_prior_preservation_weight)."""
+    passes = 2 if masked_prior(run) else 1
+    return passes * run.config.validation_loss_draws * run.latent_source.num_images
 
 
 def validation_loss_every(config: TrainingConfig) -> int:
@@ -228,8 +232,10 @@ def draw_grid(run: Run, reporter: ProgressReporter, step: int,
 
 
 def report_forwards(run: Run, per_image: int) -> int:
-    """The report's cost in UNet passes: each draw with the initializer and the learned vectors."""
-    return 2 * per_image * run.latent_source.num_images
+    """The report's cost in UNet passes: each draw with the initializer and the learned vectors
+    (and each of those with the initial ones too with --masked_prior_preservation_weight)."""
+    passes = 4 if masked_prior(run) else 2
+    return passes * per_image * run.latent_source.num_images
 
 
 def write_report(run: Run, reporter: ProgressReporter, observed: validation.Observed,
@@ -241,7 +247,7 @@ def write_report(run: Run, reporter: ProgressReporter, observed: validation.Obse
         report = quality.quality_report(run.components, run.placeholders, run.latent_source,
                                         run.prompts, run.time_ids, run.initial_vectors, p.step,
                                         2 * cfg.train_batch_size, per_image=per_image,
-                                        advance=advance)  # fmt: skip
+                                        advance=advance, prior=masked_prior(run))  # fmt: skip
     observed.report = quality.save_report(cfg.output_dir, report)
     observed.quality = report.line()
     reporter.scalars({"eval/loss_initializer": report.loss_initializer,

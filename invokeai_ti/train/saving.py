@@ -28,7 +28,7 @@ RESUMABLE_CHANGES = ("learning_rate", "scale_lr", "adam_beta1", "adam_beta2", "a
                      "train_batch_size", "gradient_accumulation_steps", "repeats",
                      "num_train_epochs", "max_grad_norm", "min_snr_gamma", "noise_offset",
                      "embedding_norm", "shuffle_caption", "keep_tokens",
-                     "caption_dropout_rate")  # fmt: skip
+                     "caption_dropout_rate", "masked_prior_preservation_weight")  # fmt: skip
 
 
 def resume(run: Run, folder: Path) -> None:

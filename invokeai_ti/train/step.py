@@ -8,7 +8,7 @@ import math
 import torch
 
 from invokeai_ti.data import dataset
-from invokeai_ti.models.denoising import per_sample_loss, prediction_and_target
+from invokeai_ti.models.denoising import MaskedPrior, objective
 from invokeai_ti.train.loss_weighting import min_snr_weights, offset_noise, weighted_mean
 from invokeai_ti.train.optimizer import to_eval_point, to_train_point, update_vectors
 from invokeai_ti.train.run import Run
@@ -32,11 +32,17 @@ def train_step(run: Run, samples: list[dataset.Sample], generator: torch.Generat
     prompt_ids = run.prompts.token_ids(texts, c.tokenizers, device)  # [B, 77] per tokenizer
     x0 = run.latent_source.draw(image_index, flipped, latent_draw)  # [B, 4, h, w] scaled
     time_ids = run.time_ids[image_index] if run.time_ids is not None else None
-    pred, target = prediction_and_target(c, x0, noise, t, prompt_ids, time_ids)
     masks = run.latent_source.weights(image_index, flipped)  # loss masks [B, 1, h, w] or None
+    loss = objective(c, x0, noise, t, prompt_ids, time_ids, masks, masked_prior(run))
     snr_weights = min_snr_weights(c.noise_scheduler.alphas_cumprod, t, run.config.min_snr_gamma,
                                   c.prediction_type)  # fmt: skip
-    return weighted_mean(per_sample_loss(pred, target, masks), snr_weights)
+    return weighted_mean(loss, snr_weights)
+
+
+def masked_prior(run: Run) -> MaskedPrior | None:
+    """--masked_prior_preservation_weight's pull toward the initial vectors, or None."""
+    weight = run.config.masked_prior_preservation_weight
+    return MaskedPrior(run.placeholders, run.initial_vectors, weight) if weight else None
 
 
 def optimizer_step(run: Run, samples_of_epoch: list[dataset.Sample | None]) -> float:
