@@ -6,7 +6,8 @@ captions"), against a baseline model in the same invocation.
     mkdir -p /tmp/old-model && git archive 7df4db8 invokeai_ti/concepts/model | tar -x -C /tmp/old-model
 
 32 samples per prompt "a photo of a {colour} {shape}" (the ring: "{colour} shape", the word its
-captions use), seeds 0-31, the shipped sampler (DDIM 20 steps, guidance 4), each judged.
+captions use), seeds 0-31, the shipped sampler (DDIM 20 steps, guidance 2 unless --guidance),
+each judged.
 """
 
 from __future__ import annotations
@@ -58,13 +59,13 @@ def table(models: dict[str, dict], concepts: list[str]) -> str:
 
 
 def main() -> None:
-    from invokeai_ti.concepts.sampling import MODEL_DIR
+    from invokeai_ti.concepts.sampling import GUIDANCE_SCALE, MODEL_DIR
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=MODEL_DIR)
     parser.add_argument("--baseline", type=Path, default=None)
     parser.add_argument("--samples", type=int, default=32)
-    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--guidance", type=float, default=GUIDANCE_SCALE)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     started = time.time()
