@@ -42,6 +42,8 @@ VARIANTS: dict[str, list[str]] = {
     "keepnorm": ["--embedding_norm=keep"],
     "minsnr5+keepnorm": ["--min_snr_gamma=5", "--embedding_norm=keep"],
 }
+# 2.3's defaults with the two new flags on: what a default run would be if their defaults changed.
+VARIANTS["defaults-2.3+minsnr5+keepnorm"] = VARIANTS["defaults-2.3"] + VARIANTS["minsnr5+keepnorm"]
 
 
 PEER = "diffusers script"
