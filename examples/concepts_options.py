@@ -24,15 +24,11 @@ CONCEPTS = ["yellow-square", "green-circle", "yellow-triangle", "red-square", "b
 # name -> flags on top of the experiment's settings (AdamW, constant lr 5e-3, no scale_lr,
 # batch 4, no weight decay, 150 steps). Lion takes a lr 10x below AdamW's; Prodigy's lr
 # multiplies its own estimate.
+DEFAULTS_23 = ["--learning_rate=1e-4", "--scale_lr", "--lr_warmup_steps=500",
+               "--adam_weight_decay=1e-2", "--train_batch_size=8"]  # fmt: skip
 VARIANTS: dict[str, list[str]] = {
     "base": [],
-    "defaults-2.3": [
-        "--learning_rate=1e-4",
-        "--scale_lr",
-        "--lr_warmup_steps=500",
-        "--adam_weight_decay=1e-2",
-        "--train_batch_size=8",
-    ],  # fmt: skip
+    "defaults-2.3": DEFAULTS_23,
     "lion": ["--optimizer=lion", "--learning_rate=5e-4"],
     "prodigy": ["--optimizer=prodigy", "--learning_rate=1"],
     "schedulefree": ["--optimizer=schedulefree_adamw"],
@@ -43,7 +39,7 @@ VARIANTS: dict[str, list[str]] = {
     "minsnr5+keepnorm": ["--min_snr_gamma=5", "--embedding_norm=keep"],
 }
 # 2.3's defaults with the two new flags on: what a default run would be if their defaults changed.
-VARIANTS["defaults-2.3+minsnr5+keepnorm"] = VARIANTS["defaults-2.3"] + VARIANTS["minsnr5+keepnorm"]
+VARIANTS["defaults-2.3+minsnr5+keepnorm"] = DEFAULTS_23 + VARIANTS["minsnr5+keepnorm"]
 
 
 PEER = "diffusers script"
@@ -51,10 +47,15 @@ FLAGS_OF = {"base": "(the experiment: AdamW, lr 5e-3 constant)",
             PEER: "(its own defaults: lr 1e-4 constant, batch 16; from --peer_results)"}  # fmt: skip
 
 
+# Every variant starts from 2.3's plain objective and free vectors, so a row means what it meant
+# before min-SNR and the held norm became the trainer's defaults; a variant's flags come after.
+PLAIN = ["--min_snr_gamma=0", "--embedding_norm=free"]
+
+
 def run_variant(name: str, concepts: list[str], out: Path, steps: int, save_steps: int) -> None:
     cmd = [sys.executable, "-m", "invokeai_ti.concepts", "experiment", "--concept", *concepts,
            "--out", str(out / name), "--steps", str(steps), "--save_steps", str(save_steps),
-           *[f"--trainer_flag={flag}" for flag in VARIANTS[name]]]  # fmt: skip
+           *[f"--trainer_flag={flag}" for flag in PLAIN + VARIANTS[name]]]  # fmt: skip
     started = time.time()
     done = subprocess.run(cmd, capture_output=True, text=True)
     (out / name / "command.txt").write_text(" ".join(cmd[1:]) + "\n")

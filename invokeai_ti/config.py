@@ -105,9 +105,11 @@ class TrainingConfig:
     # --- Optimizers and loss (issue 20) ---
     optimizer: str = "adamw"  # adamw, lion, prodigy (lr-free), schedulefree_adamw
     max_grad_norm: float = 0.0  # clip the vectors' gradient norm; 0: no clipping
-    min_snr_gamma: float = 0.0  # min-SNR loss weighting (Hang et al. 2023); 0: off
+    # min-SNR loss weighting (Hang et al. 2023); 0: off (2.3). 5 and the held norm below are the
+    # defaults because they raised recovery and editability on the concept world (issue 20).
+    min_snr_gamma: float = 5.0
     noise_offset: float = 0.0  # per-channel offset added to the noise (kohya); 0: off
-    embedding_norm: str = "free"  # free, or keep each vector at the vocabulary's mean norm
+    embedding_norm: str = "keep"  # keep each vector at the vocabulary's mean norm, or free (2.3)
 
     # --- Checkpoints and outputs ---
     checkpointing_steps: int = 500
@@ -220,8 +222,9 @@ class TrainingConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainingConfig:
+        """The configuration a recorded run (a checkpoint's, an output's) trained with."""
         known = {f.name: f for f in dataclasses.fields(cls)}
-        values = {}
+        values = dict(BEFORE_DEFAULT_CHANGES)
         for key, value in data.items():
             if key not in known:
                 continue  # a newer version's field: ignore rather than refuse an old checkpoint
@@ -233,6 +236,11 @@ class TrainingConfig:
     @classmethod
     def from_json(cls, text: str) -> TrainingConfig:
         return cls.from_dict(json.loads(text))
+
+
+# Defaults that changed after their flag was added: a run recorded before the flag existed trained
+# with these values, so a resume of its checkpoint reports the change instead of hiding it.
+BEFORE_DEFAULT_CHANGES: dict[str, Any] = {"min_snr_gamma": 0.0, "embedding_norm": "free"}
 
 
 def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:

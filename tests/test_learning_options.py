@@ -216,14 +216,15 @@ def test_the_plan_names_every_learning_option(cli, root, tmp_path):
     out = tmp_path / "out"
     plain = cli(*flags(root, out, "--dry_run"))
     assert plain.code == 0, plain.err
-    assert ("Optimizer adamw; gradient clipping off; min-SNR weighting off; noise offset off; "
-            "embedding norm free.") in plain.out  # fmt: skip
+    # The defaults: min-SNR 5 and the held norm (measured on the concept world, issue 20).
+    assert ("Optimizer adamw; gradient clipping off; min-SNR weighting gamma 5; noise offset off; "
+            "embedding norm kept at ") in plain.out  # fmt: skip
     chosen = cli(*flags(root, out, "--dry_run", "--optimizer", "lion", "--max_grad_norm", "1",
-                        "--min_snr_gamma", "5", "--noise_offset", "0.05",
-                        "--embedding_norm", "keep"))  # fmt: skip
+                        "--min_snr_gamma", "0", "--noise_offset", "0.05",
+                        "--embedding_norm", "free"))  # fmt: skip
     assert chosen.code == 0, chosen.err
-    assert ("Optimizer lion; gradient clipping at norm 1; min-SNR weighting gamma 5; noise offset "
-            "0.05; embedding norm kept at ") in chosen.out  # fmt: skip
+    assert ("Optimizer lion; gradient clipping at norm 1; min-SNR weighting off; noise offset "
+            "0.05; embedding norm free.") in chosen.out  # fmt: skip
 
 
 def test_a_checkpoint_from_before_optimizer_existed_resumes_as_adamw(tmp_path):
@@ -244,8 +245,8 @@ CASES = {
                 "--noise_offset", "0.1", "--embedding_norm", "keep"),
     "schedulefree": ("--optimizer", "schedulefree_adamw", "--lr_scheduler", "constant_with_warmup",
                      "--lr_warmup_steps", "2", "--embedding_norm", "keep", "--min_snr_gamma", "1"),
-    "adamw": ("--max_grad_norm", "0.01", "--noise_offset", "0.05", "--min_snr_gamma", "5",
-              "--embedding_norm", "keep"),
+    "adamw": ("--max_grad_norm", "0.01", "--noise_offset", "0.05", "--min_snr_gamma", "1",
+              "--embedding_norm", "free"),
 }  # fmt: skip
 
 
@@ -282,7 +283,7 @@ def test_each_option_resumes_bit_exact(cli, references, monkeypatch, case):
     assert state["progress"]["step"] == 5 and all(map(math.isfinite, state["progress"]["losses"]))
 
 
-@pytest.mark.parametrize("case", ["prodigy", "schedulefree", "adamw"])
+@pytest.mark.parametrize("case", ["prodigy", "schedulefree", "lion"])  # lion: the default norm
 def test_keep_norm_ends_at_the_vocabularys_mean_norm(references, tiny_sd1, case):
     from transformers import CLIPTextModel
 
@@ -318,8 +319,20 @@ def test_changed_loss_options_apply_on_resume(cli, references, tmp_path):
     plan = cli(*flags(root, ref, *SHORT, "--max_train_steps", "6", "--resume_from_checkpoint",
                       "latest", "--dry_run"))  # fmt: skip
     assert plan.code == 0, plan.err
-    assert ("changed: --max_grad_norm 0.01 -> 0.0; --min_snr_gamma 5.0 -> 0.0; --noise_offset "
-            "0.05 -> 0.0; --embedding_norm keep -> free") in plan.out  # fmt: skip
+    assert ("changed: --max_grad_norm 0.01 -> 0.0; --min_snr_gamma 1.0 -> 5.0; --noise_offset "
+            "0.05 -> 0.0; --embedding_norm free -> keep") in plan.out  # fmt: skip
+
+
+def test_a_checkpoint_from_before_the_default_change_reports_it_on_resume():
+    """A run recorded before --min_snr_gamma and --embedding_norm existed trained without them;
+    its config reads back as 0 and free, so a resume with today's defaults lists both changes."""
+    recorded = TrainingConfig(placeholder_token=TOKEN).to_dict()
+    for name in ("min_snr_gamma", "embedding_norm"):
+        del recorded[name]
+    old = TrainingConfig.from_dict(recorded)
+    assert (old.min_snr_gamma, old.embedding_norm) == (0.0, "free")
+    assert (TrainingConfig().min_snr_gamma, TrainingConfig().embedding_norm) == (5.0, "keep")
+    assert TrainingConfig.from_dict(TrainingConfig(min_snr_gamma=3).to_dict()).min_snr_gamma == 3
 
 
 def test_min_snr_on_a_v_prediction_model_trains(cli, tmp_path, tiny_sd2, concept_images):

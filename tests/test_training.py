@@ -18,6 +18,10 @@ from invokeai_ti.train.setup import setup
 from invokeai_ti.train.step import optimizer_step, train_step
 
 
+# 2.3's objective and free vectors (today's defaults weight the loss by min-SNR and hold the norm).
+PLAIN_23 = ("--min_snr_gamma", "0", "--embedding_norm", "free")
+
+
 def _config(*argv: str):
     config, _ = parse_config([*TINY_FLAGS, *argv])
     config.validate()
@@ -61,8 +65,9 @@ def test_learned_vector_moves_away_from_the_initializer(cli, root, tiny_sd1):
 
 
 def test_sd2_v_prediction_uses_the_velocity_target(root, tiny_sd2):
+    # 2.3's plain objective, so the loss is the unweighted mean squared error.
     run = setup(_config("--model", str(tiny_sd2), "--root_dir", str(root),
-                                 "--placeholder_token", "<psychedelic>"))  # fmt: skip
+                        "--placeholder_token", "<psychedelic>", *PLAIN_23))  # fmt: skip
     assert run.components.prediction_type == "v_prediction"
     samples = dataset.epoch_samples(4, 2, 27, seed=0, epoch=0)[:2]
     loss = train_step(run, samples, torch.Generator().manual_seed(5))
@@ -98,7 +103,7 @@ def test_leaf_vectors_match_the_full_matrix_adamw_recipe(root):
     """diffusers' recipe: the whole embedding matrix in AdamW, every other row restored after each
     step. Ours: only a [n, dim] leaf. Same draws, same data: the trained vectors must agree."""
     argv = ("--root_dir", str(root), "--placeholder_token", "<psychedelic>", "--num_vectors", "2",
-            "--max_train_steps", "5", "--gradient_accumulation_steps", "2")  # fmt: skip
+            "--max_train_steps", "5", "--gradient_accumulation_steps", "2", *PLAIN_23)  # fmt: skip
     ours = setup(_config(*argv))
     _train(ours)
     reference = setup(_config(*argv))

@@ -189,12 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adamw; lion (use a 3-10x lower lr); prodigy (estimates the step size: "
                    "--learning_rate 1 --no-scale_lr); schedulefree_adamw (no decay schedule)")
     _number(g, "--max_grad_norm", help="clip the vectors' gradient to this norm (0: no clipping)")
-    _number(g, "--min_snr_gamma", help="min-SNR loss weighting, 5 is usual (0: off)")
+    _number(g, "--min_snr_gamma", help="min-SNR loss weighting (0: off, as in 2.3)")
     _number(g, "--noise_offset",
             help="offset noise, e.g. 0.05, for very dark or light images (0: off)")
     g.add_argument("--embedding_norm", choices=EMBEDDING_NORMS, default=d.embedding_norm,
-                   help="free, or keep each vector at the vocabulary's mean norm and learn its "
-                   "direction only")
+                   help="keep each vector at the vocabulary's mean norm and learn its direction "
+                   "only, or free (2.3)")
 
     g = p.add_argument_group("Checkpoints and outputs")
     _number(g, "--checkpointing_steps", help="save a resumable checkpoint every N steps")
