@@ -14,9 +14,10 @@ MODEL_DIR = Path(__file__).resolve().parent / "model"
 # Sampling settings of every measurement; the ceiling, the initializer and the learned token are
 # all drawn with these, so their rates compare.
 NUM_INFERENCE_STEPS = 20
-# The miniature model is over-guided at SD's usual scales: at 4 its blue samples on black turned
-# muddy red and the judge could not name them (blue-square 0.28); at 2 every named caption is drawn
-# in 0.95 of samples on average (examples/concepts-results-2026-12-04b.md, the ceiling section).
+# The miniature model is over-guided at SD's usual scales: at 4 its blue samples turned muddy and
+# the judge could not name them (blue-square 0.28); at 2 every named caption is drawn in 0.95 of
+# samples on average (examples/concepts-results-2026-12-05b.md, section 1). Learned tokens draw
+# better at 4 (section 2): the ceiling decides, since it is the yardstick of every rate.
 GUIDANCE_SCALE = 2.0
 
 
