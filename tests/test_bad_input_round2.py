@@ -199,7 +199,8 @@ def diverged(tmp_path_factory, tiny_sd1, concept_images):
     # --embedding_norm free: the default held norm would scale the 1e30 vector back down.
     result = run_subprocess(*_run_flags(root, out, "--max_train_steps", "4", "--learning_rate",
                                         "1e30", "--no-scale_lr", "--save_steps", "1",
-                                        "--checkpointing_steps", "1", "--embedding_norm", "free"))  # fmt: skip
+                                        "--checkpointing_steps", "1",
+                                        "--embedding_norm", "free"))  # fmt: skip
     return root, out, result
 
 

@@ -168,7 +168,8 @@ def test_a_diverging_learning_rate_keeps_the_initializer(root, tiny_sd1, cli, tm
     out = tmp_path / "out"
     # --embedding_norm free: the default held norm would scale the 1e30 vector back down.
     result = cli(*train_flags(root, out, "--max_train_steps", "30", "--learning_rate", "1e30",
-                              "--no-scale_lr", "--log_format", "json", "--embedding_norm", "free"))  # fmt: skip
+                              "--no-scale_lr", "--log_format", "json",
+                              "--embedding_norm", "free"))  # fmt: skip
     assert result.code == 1
     records = [json.loads(line) for line in result.out.splitlines()]
     assert records[-1] == {"event": "stopped", "stopped_at": 11, "nonfinite_steps": 10,
