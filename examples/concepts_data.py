@@ -28,7 +28,8 @@ SAMPLES, STEPS = 32, 150  # --samples/--steps change them for a smoke run
 CONCEPTS = ["yellow-square", "green-circle", "yellow-triangle", "red-square", "blue-circle"]
 EDIT_BACKGROUND = "black"
 # name -> (backgrounds: "varied" white and gray, or all "white"; alpha channel; caption files;
-# trainer flags). Captioned conditions add --caption_extension and the template file.
+# trainer flags). Captioned conditions add --caption_extension and the template file, or
+# ("builtin") only --caption_extension.
 PRIOR = "--masked_prior_preservation_weight"
 CONDITIONS = {
     "varied-plain": ("varied", False, False, []),
@@ -39,6 +40,8 @@ CONDITIONS = {
     "white-alpha-prior0.3": ("white", True, False, ["--alpha_mask", f"{PRIOR}=0.3"]),
     "white-alpha-prior1": ("white", True, False, ["--alpha_mask", f"{PRIOR}=1"]),
     "white-alpha-prior3": ("white", True, False, ["--alpha_mask", f"{PRIOR}=3"]),
+    # the built-in templates, which gain ", {caption}" when there are captions (no template file)
+    "varied-captions-builtin": ("varied", False, "builtin", []),
 }
 FIRST_CONDITIONS = list(CONDITIONS)[:5]  # the 2026-12-05 run's
 
@@ -68,6 +71,7 @@ def train(concept: str, images: Path, output: Path, flags: list[str], model: Pat
     from invokeai_ti.concepts.experiment import ExperimentSettings, train_ours
 
     settings = ExperimentSettings([concept], model, output.parent, steps=STEPS, save_steps=STEPS,
+                                  captions=False, lr_scheduler="constant",  # its own conditions
                                   extra_flags=flags)  # fmt: skip
     run = train_ours(settings, images, output, settings.steps)
     return run.step_files[-1][1]
@@ -88,7 +92,7 @@ def judge(pipe, prompt: str, concept: str, background: str | None = None) -> dic
 
 def measure_concept(pipe, concept: str, out: Path, model: Path, template_file: Path,
                     conditions: list[str]) -> dict:  # fmt: skip
-    from invokeai_ti.concepts.experiment import EDIT, PROMPT, TOKEN, load_embedding_as
+    from invokeai_ti.concepts.experiment import EDIT, PROMPT, load_embedding_as
     from invokeai_ti.concepts.world import parse_concept
 
     colour, shape = parse_concept(concept)
@@ -100,14 +104,15 @@ def measure_concept(pipe, concept: str, out: Path, model: Path, template_file: P
     for name in conditions:
         kind, alpha, captions, flags = CONDITIONS[name]
         backgrounds = ["white", "gray"] * 2 + ["white"] if kind == "varied" else ["white"] * 5
-        flags = flags + caption_flags if captions else flags
+        flags = flags + (caption_flags if captions is True else caption_flags[:1]) if captions \
+            else flags
         images = out / concept / name / "images"
         render_set(concept, images, backgrounds, alpha, captions)
         started = time.time()
         embedding = train(concept, images, out / concept / name / "run", flags, model)
-        load_embedding_as(pipe, embedding)
-        row[name] = dict(learned=judge(pipe, PROMPT.format(TOKEN), concept),
-                         edit=judge(pipe, EDIT.format(TOKEN, EDIT_BACKGROUND), concept,
+        words = load_embedding_as(pipe, embedding)
+        row[name] = dict(learned=judge(pipe, PROMPT.format(words), concept),
+                         edit=judge(pipe, EDIT.format(words, EDIT_BACKGROUND), concept,
                                     EDIT_BACKGROUND),
                          seconds=round(time.time() - started, 1), flags=flags)  # fmt: skip
         print(f"{concept} {name}: recovery {row[name]['learned']['rate']:.2f}, edit "

@@ -50,11 +50,14 @@ FLAGS_OF = {"base": "(the experiment: AdamW, lr 5e-3 constant)",
 # Every variant starts from 2.3's plain objective and free vectors, so a row means what it meant
 # before min-SNR and the held norm became the trainer's defaults; a variant's flags come after.
 PLAIN = ["--min_snr_gamma=0", "--embedding_norm=free"]
+# The experiment as these rows measured it, before it captioned its pictures and decayed the lr.
+EXPERIMENT_2026_12_05 = ["--no-captions", "--lr_scheduler=constant"]
 
 
 def run_variant(name: str, concepts: list[str], out: Path, steps: int, save_steps: int) -> None:
     cmd = [sys.executable, "-m", "invokeai_ti.concepts", "experiment", "--concept", *concepts,
            "--out", str(out / name), "--steps", str(steps), "--save_steps", str(save_steps),
+           *EXPERIMENT_2026_12_05,
            *[f"--trainer_flag={flag}" for flag in PLAIN + VARIANTS[name]]]  # fmt: skip
     started = time.time()
     done = subprocess.run(cmd, capture_output=True, text=True)

@@ -165,20 +165,28 @@ def test_shipped_model_draws_its_captions(shipped_pipeline, concept, background)
     assert sum(v.concept == concept and v.background == background for v in verdicts) / 32 >= 0.9
 
 
-# The experiment's settings were tuned on red-circle; the CI test uses another concept.
-CI_CONCEPT, CI_STEPS = "yellow-square", 200
+# The experiment's learning rate was tuned on red-circle and its captions on yellow-square,
+# green-circle, yellow-triangle, red-square and blue-circle; the CI test uses a concept outside
+# both, with the experiment's pictures, captions, schedule and steps.
+CI_CONCEPT = "red-triangle"
 
 
 @pytest.fixture(scope="module")
 def ci_run(tmp_path_factory, shipped_pipeline) -> dict:
-    """5 renders, the real `invokeai-ti` CLI in a subprocess, 32 samples of "a photo of a <t>"
-    judged; the wall seconds of training plus sampling, and the rates before and after."""
+    """The experiment's 5 captioned renders, the real `invokeai-ti` CLI in a subprocess, 32
+    samples of "a photo of a <t>" judged; the wall seconds of training plus sampling, and the
+    rates before and after."""
     import time
 
-    from invokeai_ti.concepts.experiment import PROMPT, TOKEN, ExperimentSettings, our_command
+    from invokeai_ti.concepts.experiment import (
+        PROMPT,
+        TOKEN,
+        ExperimentSettings,
+        our_command,
+        render_training_images,
+    )
     from invokeai_ti.concepts.judge import judge_image
     from invokeai_ti.concepts.sampling import MODEL_DIR, add_token, load_embedding, sample
-    from invokeai_ti.concepts.world import render_concept
 
     tmp_path = tmp_path_factory.mktemp("ci")
     colour, shape = CI_CONCEPT.split("-")
@@ -194,10 +202,10 @@ def ci_run(tmp_path_factory, shipped_pipeline) -> dict:
     add_token(shipped_pipeline, TOKEN, embeddings[object_id].detach().clone()[None])
     initializer, initializer_colour = rates(PROMPT.format(TOKEN))
     images = tmp_path / "images"
-    render_concept(CI_CONCEPT, images, 5, seed=1000, background="white")
-    started = time.perf_counter()
     settings = ExperimentSettings([CI_CONCEPT], MODEL_DIR, tmp_path)
-    result = subprocess.run(our_command(settings, images, tmp_path / "run", CI_STEPS), cwd=REPO,
+    render_training_images(CI_CONCEPT, images, settings)
+    started = time.perf_counter()
+    result = subprocess.run(our_command(settings, images, tmp_path / "run", settings.steps), cwd=REPO,
                             capture_output=True, text=True, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     load_embedding(shipped_pipeline, tmp_path / "run" / "learned_embeds.bin")
@@ -233,9 +241,78 @@ def test_experiment_command_writes_json_markdown_and_picture(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     (row,) = results["rows"]
     assert [p["step"] for p in row["ours_curve"]] == [2, 4]
+    # the flags reach the settings they name (a positional slip once made the edit background
+    # `True` and judged the edit against no background at all)
+    assert row["edit_background"] == "black" and results["settings"]["captions"] is True
+    assert "--caption_extension" in row["ours_command"]
     assert 0 <= row["learned"] <= 1 and 0 <= row["caption"] <= 1
     assert "| blue-circle |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "samples.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("captions", [True, False])
+def test_experiment_captions_name_each_training_pictures_background(tmp_path, captions):
+    """With captions (the default) a .txt beside each render names its background, in the
+    pretraining captions' words, and our command reads them; the peer's folder holds only the
+    pictures (diffusers' script opens every file of its folder as an image)."""
+    from invokeai_ti.concepts.experiment import (
+        ExperimentSettings,
+        our_command,
+        render_training_images,
+    )
+    from invokeai_ti.concepts.judge import judge_image, load_images
+
+    settings = ExperimentSettings(["red-triangle"], Path("model"), tmp_path, captions=captions)
+    images = tmp_path / "images"
+    pictures_only = render_training_images("red-triangle", images, settings)
+    rendered = load_images(images)
+    assert [judge_image(pixels).background for _, pixels in rendered] == ["white", "gray"] * 2 + [
+        "white"]
+    assert sorted(p.name for p in pictures_only.iterdir()) == sorted(p.name for p, _ in rendered)
+    captions_written = sorted(images.glob("*.txt"))
+    command = our_command(settings, images, tmp_path / "run", 10)
+    if captions:
+        assert [p.read_text() for p in captions_written] == [
+            f"on a {judge_image(pixels).background} background\n" for _, pixels in rendered]
+        assert command[command.index("--caption_extension") + 1] == ".txt"
+        templates = Path(command[command.index("--template_file") + 1]).read_text().splitlines()
+        assert templates[0] == "a photo of a {} [filewords]" and len(templates) > 20
+    else:
+        assert captions_written == [] and "--caption_extension" not in command
+        assert "--template_file" not in command
+
+
+def test_experiment_train_background_any_draws_a_background_per_picture(tmp_path):
+    """--train_background any was documented but refused ("unknown background 'any'")."""
+    from invokeai_ti.concepts.experiment import ExperimentSettings, render_training_images
+    from invokeai_ti.concepts.judge import judge_image, load_images
+    from invokeai_ti.concepts.world import BACKGROUNDS
+
+    settings = ExperimentSettings(["red-triangle"], Path("model"), tmp_path,
+                                  train_background="any")  # fmt: skip
+    render_training_images("red-triangle", tmp_path / "images", settings)
+    drawn = [judge_image(pixels).background for _, pixels in load_images(tmp_path / "images")]
+    assert len(drawn) == 5 and set(drawn) <= set(BACKGROUNDS) and len(set(drawn)) > 1
+    assert [p.read_text() for p in sorted((tmp_path / "images").glob("*.txt"))] == [
+        f"on a {b} background\n" for b in drawn]
+
+
+def test_experiment_judges_every_vector_of_a_multi_vector_token(tmp_path, shipped_pipeline):
+    """A --num_vectors 2 token is prompted as "<t> <t>_1" with both vectors in the encoder; the
+    experiment judged its first vector alone before."""
+    import torch
+
+    from invokeai_ti.concepts.experiment import load_embedding_as
+
+    dim = shipped_pipeline.text_encoder.get_input_embeddings().weight.shape[1]
+    vectors = torch.randn(2, dim, generator=torch.Generator().manual_seed(0))
+    torch.save({"<t>": vectors}, tmp_path / "learned_embeds.bin")
+    words = load_embedding_as(shipped_pipeline, tmp_path / "learned_embeds.bin")
+    assert words == "<t> <t>_1"
+    ids = shipped_pipeline.tokenizer(f"a photo of a {words}").input_ids
+    table = shipped_pipeline.text_encoder.get_input_embeddings().weight
+    assert len(ids) == 8 and torch.equal(table[ids[5]], vectors[0])
+    assert torch.equal(table[ids[6]], vectors[1])
 
 
 def test_step_files_of_a_run_are_its_own(tmp_path):
