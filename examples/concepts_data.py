@@ -28,30 +28,30 @@ SAMPLES, STEPS = 32, 150  # --samples/--steps change them for a smoke run
 CONCEPTS = ["yellow-square", "green-circle", "yellow-triangle", "red-square", "blue-circle"]
 EDIT_BACKGROUND = "black"
 # name -> (backgrounds: "varied" white and gray, or all "white"; alpha channel; caption files;
-# trainer flags). Captioned conditions add --caption_extension and the template file, or
-# ("builtin") only --caption_extension.
+# trainer flags). Caption files come with the template file ("template") or the built-in
+# templates, which gain ", {caption}" ("builtin"); CAPTION_FLAGS holds each mode's flags.
 PRIOR = "--masked_prior_preservation_weight"
 CONDITIONS = {
     "varied-plain": ("varied", False, False, []),
-    "varied-captions": ("varied", False, True, []),
-    "white-captions": ("white", False, True, []),
+    "varied-captions": ("varied", False, "template", []),
+    "white-captions": ("white", False, "template", []),
     "white-plain": ("white", False, False, []),
     "white-alpha": ("white", True, False, ["--alpha_mask"]),
     "white-alpha-prior0.3": ("white", True, False, ["--alpha_mask", f"{PRIOR}=0.3"]),
     "white-alpha-prior1": ("white", True, False, ["--alpha_mask", f"{PRIOR}=1"]),
     "white-alpha-prior3": ("white", True, False, ["--alpha_mask", f"{PRIOR}=3"]),
-    # the built-in templates, which gain ", {caption}" when there are captions (no template file)
     "varied-captions-builtin": ("varied", False, "builtin", []),
 }
 FIRST_CONDITIONS = list(CONDITIONS)[:5]  # the 2026-12-05 run's
 
 
 def render_set(concept: str, folder: Path, backgrounds: list[str], alpha: bool,
-               captions: bool) -> None:  # fmt: skip
+               captions: str | bool) -> None:  # fmt: skip
     import random
 
     from PIL import Image
 
+    from invokeai_ti.concepts.experiment import TRAIN_CAPTION
     from invokeai_ti.concepts.world import BACKGROUNDS, random_scene, render
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -64,7 +64,7 @@ def render_set(concept: str, folder: Path, backgrounds: list[str], alpha: bool,
             image.putalpha(Image.fromarray(np.where(distance > 8, 255, 0).astype(np.uint8)))
         image.save(folder / f"{i}.png")
         if captions:
-            (folder / f"{i}.txt").write_text(f"on a {background} background\n")
+            (folder / f"{i}.txt").write_text(TRAIN_CAPTION.format(background) + "\n")
 
 
 def train(concept: str, images: Path, output: Path, flags: list[str], model: Path) -> Path:
@@ -100,12 +100,12 @@ def measure_concept(pipe, concept: str, out: Path, model: Path, template_file: P
     row["caption"] = judge(pipe, PROMPT.format(f"{colour} {shape}"), concept)
     row["caption_edit"] = judge(pipe, EDIT.format(f"{colour} {shape}", EDIT_BACKGROUND), concept,
                                 EDIT_BACKGROUND)  # fmt: skip
-    caption_flags = ["--caption_extension=.txt", f"--template_file={template_file}"]
+    caption_flags = {"template": ["--caption_extension=.txt", f"--template_file={template_file}"],
+                     "builtin": ["--caption_extension=.txt"]}  # fmt: skip
     for name in conditions:
         kind, alpha, captions, flags = CONDITIONS[name]
         backgrounds = ["white", "gray"] * 2 + ["white"] if kind == "varied" else ["white"] * 5
-        flags = flags + (caption_flags if captions is True else caption_flags[:1]) if captions \
-            else flags
+        flags = flags + caption_flags[captions] if captions else flags
         images = out / concept / name / "images"
         render_set(concept, images, backgrounds, alpha, captions)
         started = time.time()
@@ -154,8 +154,8 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     global SAMPLES, STEPS
+    from invokeai_ti.concepts.experiment import write_caption_templates
     from invokeai_ti.concepts.sampling import MODEL_DIR, load_pipeline
-    from invokeai_ti.data.dataset import OBJECT_TEMPLATES
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -177,7 +177,7 @@ def main() -> None:
     SAMPLES, STEPS = args.samples, args.steps
     args.out.mkdir(parents=True, exist_ok=True)
     template_file = args.out / "templates.txt"
-    template_file.write_text("".join(t + " [filewords]\n" for t in OBJECT_TEMPLATES))
+    write_caption_templates(template_file)
     pipe = load_pipeline(args.model)
     rows = []
     for concept in args.concepts:

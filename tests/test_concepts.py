@@ -205,8 +205,9 @@ def ci_run(tmp_path_factory, shipped_pipeline) -> dict:
     settings = ExperimentSettings([CI_CONCEPT], MODEL_DIR, tmp_path)
     render_training_images(CI_CONCEPT, images, settings)
     started = time.perf_counter()
-    result = subprocess.run(our_command(settings, images, tmp_path / "run", settings.steps), cwd=REPO,
-                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    command = our_command(settings, images, tmp_path / "run", settings.steps)
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                            timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     load_embedding(shipped_pipeline, tmp_path / "run" / "learned_embeds.bin")
     learned, learned_colour = rates(PROMPT.format(TOKEN))
@@ -258,13 +259,15 @@ def test_experiment_captions_name_each_training_pictures_background(tmp_path, ca
     from invokeai_ti.concepts.experiment import (
         ExperimentSettings,
         our_command,
+        pictures_alone,
         render_training_images,
     )
     from invokeai_ti.concepts.judge import judge_image, load_images
 
     settings = ExperimentSettings(["red-triangle"], Path("model"), tmp_path, captions=captions)
     images = tmp_path / "images"
-    pictures_only = render_training_images("red-triangle", images, settings)
+    render_training_images("red-triangle", images, settings)
+    pictures_only = pictures_alone(images)
     rendered = load_images(images)
     assert [judge_image(pixels).background for _, pixels in rendered] == ["white", "gray"] * 2 + [
         "white"]

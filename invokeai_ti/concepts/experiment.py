@@ -120,8 +120,9 @@ def run_from_args(args: argparse.Namespace) -> list[Path]:
         peer = PeerSettings(args.peer_script, args.peer_launcher, args.peer_pythonpath)
     settings = ExperimentSettings(
         args.concept, args.model, args.out, steps=args.steps, save_steps=args.save_steps,
-        learning_rate=args.learning_rate, lr_scheduler=args.lr_scheduler, batch_size=args.batch_size,
-        num_samples=args.num_samples, seed=args.seed, initializer=args.initializer,
+        learning_rate=args.learning_rate, lr_scheduler=args.lr_scheduler,
+        batch_size=args.batch_size, num_samples=args.num_samples, seed=args.seed,
+        initializer=args.initializer,
         train_background=args.train_background, edit_background=args.edit_background,
         captions=args.captions, peer=peer, extra_flags=args.extra_flags)
     results = run_experiment(settings)
@@ -136,9 +137,10 @@ def our_command(s: ExperimentSettings, images: Path, output: Path, steps: int) -
             "--output_dir", str(output), "--placeholder_token", TOKEN,
             "--initializer_token", s.initializer, "--resolution", "32",
             "--train_batch_size", str(s.batch_size), "--max_train_steps", str(steps),
-            "--learning_rate", str(s.learning_rate), "--no-scale_lr", "--lr_scheduler", s.lr_scheduler,
-            "--lr_warmup_steps", "0", "--adam_weight_decay", "0", "--save_steps",
-            str(s.save_steps), "--seed", str(s.seed), "--no-copy", "--log_format", "plain",
+            "--learning_rate", str(s.learning_rate), "--no-scale_lr",
+            "--lr_scheduler", s.lr_scheduler, "--lr_warmup_steps", "0",
+            "--adam_weight_decay", "0", "--save_steps", str(s.save_steps), "--seed", str(s.seed),
+            "--no-copy", "--log_format", "plain",
             "--only_save_embeds", "--validation_steps", "0", "--report_to", "none",
             *(["--caption_extension", ".txt", "--template_file", str(template_path(images))]
               if s.captions else []), *s.extra_flags]  # fmt: skip
@@ -168,52 +170,55 @@ def curve(pipe, run: TrainedRun, concept: str, s: ExperimentSettings) -> list[di
 
 
 def load_embedding_as(pipe, path: Path) -> str:
-    """Both trainers name the token <t>; its vectors replace the previous ones. Returns the words
-    a prompt needs: "<t>", or "<t> <t>_1 ..." for a --num_vectors token (diffusers' names), whose
-    every vector then counts (the first alone was judged before)."""
-    from invokeai_ti.concepts.sampling import add_token
-    from invokeai_ti.files.formats import read_embedding
+    """Both trainers' embeddings as <t>, replacing the previous one; the words to prompt with."""
+    from invokeai_ti.concepts.sampling import load_embedding
 
-    tokens = []
-    for i, vector in enumerate(read_embedding(path).vectors[0]):
-        tokens.append(TOKEN if i == 0 else f"{TOKEN}_{i}")
-        add_token(pipe, tokens[-1], vector[None])
-    return " ".join(tokens)
+    return load_embedding(pipe, path, TOKEN)
 
 
 def seconds_to(points: list[dict], threshold: float) -> float | None:
     return next((p["seconds"] for p in points if p["rate"] >= threshold), None)
 
 
-def render_training_images(concept: str, images: Path, s: ExperimentSettings) -> Path:
+def render_training_images(concept: str, images: Path, s: ExperimentSettings) -> None:
     """5 renders into `images`; without --train_background they alternate white/gray (never the
     edit's): a token trained on one background absorbs it and then refuses the edit (0.00 on black
     for a token trained on white, against the caption's 0.41, at the 500-step snapshot). With
     captions, a .txt beside each names its background, which is then not learned into the token
-    (examples/concepts-results-2026-12-06.md). Returns a folder of the pictures alone, for the
-    peer script, which reads every file of its folder as an image."""
+    (examples/concepts-results-2026-12-06.md)."""
     import random
-    import shutil
 
     from invokeai_ti.concepts.world import BACKGROUNDS, render_concept
 
-    pictures_only = images.parent / "images-only"
-    pictures_only.mkdir(parents=True, exist_ok=True)
     others = [b for b in BACKGROUNDS if b != s.edit_background]
     for i in range(s.num_train_images):
         background = s.train_background or others[i % len(others)]
         if background == "any":
             background = random.Random(s.seed + 1000 + i).choice(list(BACKGROUNDS))
         (path,) = render_concept(concept, images, 1, s.seed + 1000 + i, background)
-        shutil.copy(path, pictures_only / path.name)
         if s.captions:
             path.with_suffix(".txt").write_text(TRAIN_CAPTION.format(background) + "\n")
     if s.captions:
-        from invokeai_ti.data.dataset import OBJECT_TEMPLATES
+        write_caption_templates(template_path(images))
 
-        template_path(images).write_text("".join(t + TEMPLATE_SUFFIX + "\n"
-                                                 for t in OBJECT_TEMPLATES))  # fmt: skip
-    return pictures_only
+
+def write_caption_templates(path: Path) -> None:
+    """The built-in templates with the caption appended as the pretraining captions read."""
+    from invokeai_ti.data.dataset import OBJECT_TEMPLATES
+
+    path.write_text("".join(t + TEMPLATE_SUFFIX + "\n" for t in OBJECT_TEMPLATES))
+
+
+def pictures_alone(images: Path) -> Path:
+    """A copy of the training pictures without their captions, for the peer script, which opens
+    every file of its folder as an image."""
+    import shutil
+
+    folder = images.parent / "images-only"
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in images.glob("*.png"):
+        shutil.copy(path, folder / path.name)
+    return folder
 
 
 def evaluate_concept(pipe, concept: str, s: ExperimentSettings) -> dict:
@@ -225,7 +230,7 @@ def evaluate_concept(pipe, concept: str, s: ExperimentSettings) -> dict:
     named = shape != "ring"
     folder = s.out_dir / concept
     images = folder / "images"
-    pictures_only = render_training_images(concept, images, s)
+    render_training_images(concept, images, s)
     subject = f"{colour} {shape}" if named else f"{colour} shape"
     n, seed, edit_bg = s.num_samples, s.seed, s.edit_background
     caption, caption_imgs = measure(pipe, PROMPT.format(subject), concept, n, seed)
@@ -248,8 +253,8 @@ def evaluate_concept(pipe, concept: str, s: ExperimentSettings) -> dict:
     }  # fmt: skip
     pictures = {"caption": caption_imgs, "learned": learned_imgs, "edit": edit_imgs}
     if s.peer is not None:
-        peer = train_peer(s.peer, s.model_dir, pictures_only, folder / "peer", TOKEN, s.initializer,
-                          s.steps, s.save_steps, s.seed, 32)  # fmt: skip
+        peer = train_peer(s.peer, s.model_dir, pictures_alone(images), folder / "peer", TOKEN,
+                          s.initializer, s.steps, s.save_steps, s.seed, 32)  # fmt: skip
         peer_curve = curve(pipe, peer, concept, s)
         words = load_embedding_as(pipe, peer.step_files[-1][1])
         peer_rate, pictures["peer"] = measure(pipe, PROMPT.format(words), concept, n, seed)

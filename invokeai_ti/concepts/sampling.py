@@ -49,14 +49,19 @@ def add_token(pipe, token: str, vectors: torch.Tensor) -> None:
         pipe.text_encoder.get_input_embeddings().weight[token_id] = vectors.reshape(-1)
 
 
-def load_embedding(pipe, path: Path) -> str:
-    """Add the token of an embedding file (ours or the diffusers script's); returns the token."""
+def load_embedding(pipe, path: Path, token: str | None = None) -> str:
+    """Add the token of an embedding file (ours or the diffusers script's), or name it `token`;
+    its vectors replace earlier ones. Returns the words a prompt needs: "<t>", or "<t> <t>_1 ..."
+    for a --num_vectors token (diffusers' names), so every vector counts."""
     from invokeai_ti.files.formats import read_embedding
 
     embedding = read_embedding(path)
-    token = embedding.tokens[0] if embedding.tokens else "<learned>"
-    add_token(pipe, token, embedding.vectors[0][:1])
-    return token
+    token = token or (embedding.tokens[0] if embedding.tokens else "<learned>")
+    tokens = []
+    for i, vector in enumerate(embedding.vectors[0]):
+        tokens.append(token if i == 0 else f"{token}_{i}")
+        add_token(pipe, tokens[-1], vector[None])
+    return " ".join(tokens)
 
 
 def sample(pipe, prompt: str, num_images: int, seed: int = 0) -> np.ndarray:
