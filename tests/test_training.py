@@ -17,7 +17,6 @@ from invokeai_ti.train.optimizer import build_lr_schedule
 from invokeai_ti.train.setup import setup
 from invokeai_ti.train.step import optimizer_step, train_step
 
-
 # 2.3's objective and free vectors (today's defaults weight the loss by min-SNR and hold the norm).
 PLAIN_23 = ("--min_snr_gamma", "0", "--embedding_norm", "free")
 
