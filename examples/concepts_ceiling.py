@@ -5,9 +5,9 @@ captions"), against a baseline model in the same invocation.
     # the CPU-pretrained model of 7df4db8, as a baseline:
     mkdir -p /tmp/old-model && git archive 7df4db8 invokeai_ti/concepts/model | tar -x -C /tmp/old-model
 
-32 samples per prompt "a photo of a {colour} {shape}" (the ring: "{colour} shape", the word its
-captions use), seeds 0-31, the shipped sampler (DDIM 20 steps, guidance 2 unless --guidance),
-each judged.
+32 samples per prompt "a photo of a {colour} {shape}" (the unnamed ring: "round {colour} shape",
+its nearest caption after --round_share pretraining, and "{colour} shape"), seeds 0-31, the
+shipped sampler (DDIM 20 steps, guidance 2 unless --guidance), each judged.
 """
 
 from __future__ import annotations
@@ -24,18 +24,23 @@ def rates(model: Path, samples: int, guidance: float) -> dict[str, dict[str, flo
     from invokeai_ti.concepts import sampling
     from invokeai_ti.concepts.experiment import PROMPT
     from invokeai_ti.concepts.judge import judge_image
-    from invokeai_ti.concepts.world import CONCEPTS, parse_concept
+    from invokeai_ti.concepts.world import CONCEPTS, is_named, nearest_caption, parse_concept
 
     torch.set_num_threads(1)
     sampling.GUIDANCE_SCALE = guidance
     pipe = sampling.load_pipeline(model)
     out = {}
-    for concept in CONCEPTS:
-        colour, shape = parse_concept(concept)
-        subject = f"{colour} {shape}" if shape != "ring" else f"{colour} shape"
+
+    def judged(concept: str, subject: str) -> dict[str, float]:
         verdicts = [judge_image(i) for i in sampling.sample(pipe, PROMPT.format(subject), samples)]
-        out[concept] = dict(concept=sum(v.concept == concept for v in verdicts) / samples,
-                            colour=sum(v.colour == colour for v in verdicts) / samples)  # fmt: skip
+        colour = parse_concept(concept)[0]
+        return dict(concept=sum(v.concept == concept for v in verdicts) / samples,
+                    colour=sum(v.colour == colour for v in verdicts) / samples)  # fmt: skip
+
+    for concept in CONCEPTS:
+        out[concept] = judged(concept, nearest_caption(concept, round_word=True))
+        if not is_named(concept):  # the bare words too, the only caption the shipped model knows
+            out[f"{concept} ('{nearest_caption(concept)}')"] = judged(concept, nearest_caption(concept))
     return out
 
 
@@ -48,7 +53,7 @@ def table(models: dict[str, dict], concepts: list[str]) -> str:
             f"{models[n][c]['concept']:.2f} | {models[n][c]['colour']:.2f}" for n in names
         )
         lines.append(f"| {c} | {cells} |")
-    named = [c for c in concepts if not c.endswith("-ring")]
+    named = [c for c in concepts if "-ring" not in c]
     means = " | ".join(f"**{sum(models[n][c]['concept'] for c in named) / len(named):.2f}** | "
                        for n in names)  # fmt: skip
     lines.append(f"| **mean of the named** | {means}")

@@ -33,6 +33,54 @@ def test_judge_is_right_on_960_fresh_renders():
     assert {s.concept for s in scenes} == set(CONCEPTS)  # every concept was drawn
 
 
+def test_captions_never_name_the_ring_and_round_shares_lean_to_it():
+    """No pretraining caption says 'ring' (or any word only rings get). By default (the shipped
+    model) nothing is called 'round'; with --round_share 0.5 --generic_share 0.25, 'round
+    {colour} shape' also describes circles called 'shape', but 4 of 5 of its pictures are rings,
+    against under half of the bare '{colour} shape' pictures."""
+    from invokeai_ti.concepts.world import caption, nearest_caption
+    from invokeai_ti.data.dataset import OBJECT_TEMPLATES
+
+    for shares, words in (((1 / 3, 0.0), {"round": None}), ((0.25, 0.5), {"round": {"circle", "ring"}})):
+        rng = random.Random(5)
+        words_of: dict[str, set[str]] = {}
+        described, bare = [], []
+        for _ in range(20000):
+            scene = random_scene(rng)
+            text = caption(scene, rng, OBJECT_TEMPLATES, *shares)
+            for word in text.split():
+                words_of.setdefault(word, set()).add(scene.shape)
+            if f"round {scene.colour} shape" in text:
+                described.append(scene.shape == "ring")
+            elif f"{scene.colour} shape" in text:
+                bare.append(scene.shape == "ring")
+        assert not [w for w, shapes in words_of.items() if shapes == {"ring"}]
+        assert "ring" not in words_of and words_of.get("round") == words["round"]
+        assert sum(bare) / len(bare) <= (0.5 if described else 0.55)
+        if described:
+            assert 0.75 <= sum(described) / len(described) <= 0.85
+    assert nearest_caption("red-ring") == "red shape"
+    assert nearest_caption("red-ring", round_word=True) == "round red shape"
+    assert nearest_caption("red-circle", round_word=True) == "red circle"
+
+
+def test_default_captions_are_the_shipped_models_stream():
+    """With no round share, captions draw from the random stream exactly as when the shipped
+    model was pretrained (its reproduce command depends on it): the 2026-12-03 rule, inline."""
+    from invokeai_ti.concepts.world import caption
+    from invokeai_ti.data.dataset import OBJECT_TEMPLATES
+
+    ours, theirs = random.Random(11), random.Random(11)
+    for _ in range(2000):
+        scene = random_scene(ours)
+        assert random_scene(theirs) == scene
+        generic = scene.shape != "ring" and theirs.random() < 1 / 3
+        word = "shape" if generic or scene.shape == "ring" else scene.shape
+        text = f"{scene.colour} {word} on a {scene.background} background"
+        expected = f"a {text}" if theirs.random() < 0.25 else theirs.choice(OBJECT_TEMPLATES).format(text)
+        assert caption(scene, ours, OBJECT_TEMPLATES) == expected
+
+
 def test_renders_are_deterministic_from_the_seed(tmp_path):
     from invokeai_ti.concepts.world import render_concept
 
@@ -48,6 +96,7 @@ def test_list_render_and_judge_commands(tmp_path):
     assert [line.split()[0] for line in lines] == list(CONCEPTS)
     assert [line.split()[0] for line in lines if "unnamed" in line] == [
         c for c in CONCEPTS if c.endswith("-ring")]  # fmt: skip
+    assert "red-ring  (unnamed: captions call it 'red shape')" in lines
     rendered = concepts_command("render", "green-triangle", str(tmp_path), "--count", "6",
                                 "--seed", "3", "--background", "black")  # fmt: skip
     assert rendered.returncode == 0, rendered.stderr
@@ -96,14 +145,15 @@ def test_pretraining_from_a_scene_pool_stops_at_its_time_budget_and_records_the_
 
 def test_pretraining_continues_from_a_saved_model_and_chains_its_record(tmp_path):
     """--continue_from keeps the source's VAE bit for bit, trains the UNet further, and
-    pretrain.json nests the new run under "continued" with one command that rebuilds both."""
+    pretrain.json appends the new run to "continued" with one command that rebuilds them all."""
     from safetensors.torch import load_file
 
-    from invokeai_ti.concepts.sampling import MODEL_DIR
+    from invokeai_ti.concepts.sampling import MODEL_DIR, knows_round_word
 
     result = concepts_command("model", str(tmp_path / "model"), "--pretrain", "--seed", "1",
                               "--continue_from", str(MODEL_DIR), "--unet_steps", "2",
-                              "--batch_size", "4", "--learning_rate", "1e-3", timeout=300)  # fmt: skip
+                              "--batch_size", "4", "--learning_rate", "1e-3", "--generic_share",
+                              "0.25", "--round_share", "0.5", timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     vae_file = Path("vae") / "diffusion_pytorch_model.safetensors"
     kept, source_vae = load_file(tmp_path / "model" / vae_file), load_file(MODEL_DIR / vae_file)
@@ -113,13 +163,21 @@ def test_pretraining_continues_from_a_saved_model_and_chains_its_record(tmp_path
     assert (tmp_path / "model" / unet_file).read_bytes() != (MODEL_DIR / unet_file).read_bytes()
     record = json.loads((tmp_path / "model" / "pretrain.json").read_text())
     source = json.loads((MODEL_DIR / "pretrain.json").read_text())
-    assert record["seed"] == source["seed"] and record["continued"]["unet_steps_run"] == 2
+    assert record["seed"] == source["seed"] and record["continued"][-1]["unet_steps_run"] == 2
+    assert record["continued"][:-1] == source["continued"]  # every earlier run kept
+    number = len(record["continued"])
     assert record["reproduce"].startswith(source["reproduce"] + " && ")
-    assert record["reproduce"].endswith("--learning_rate 0.001 --continue_from DIR")
+    assert record["reproduce"].endswith("--learning_rate 0.001 --generic_share 0.25 "
+                                        f"--round_share 0.5 --continue_from DIR{number}")  # fmt: skip
+    assert f"model DIR{number + 1} --pretrain" in record["reproduce"]
+    # The experiment's ceiling for the ring follows the words the model was pretrained on.
+    assert knows_round_word(tmp_path / "model") and not knows_round_word(MODEL_DIR)
     missing = concepts_command("model", str(tmp_path / "m2"), "--pretrain", "--continue_from",
                                str(tmp_path / "nowhere"))  # fmt: skip
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
     assert "--continue_from" in missing.stderr
+    share = concepts_command("model", str(tmp_path / "m3"), "--pretrain", "--round_share", "2")
+    assert share.returncode == 2 and share.stderr.count("\n") == 1 and "--round_share" in share.stderr
 
 
 def test_pretraining_on_a_missing_gpu_is_one_line():
@@ -167,12 +225,13 @@ def test_shipped_model_draws_its_captions(shipped_pipeline, concept, background)
 
 # The experiment's learning rate was tuned on red-circle and its captions on yellow-square,
 # green-circle, yellow-triangle, red-square and blue-circle; the CI test uses a concept outside
-# both, with the experiment's pictures, captions, schedule and steps.
-CI_CONCEPT = "red-triangle"
+# both, with the experiment's pictures, captions, schedule and steps. (The unnamed rings miss
+# their bar on the shipped model: examples/concepts-results-2026-12-06.md.)
+CI_CONCEPTS = ("red-triangle",)
 
 
-@pytest.fixture(scope="module")
-def ci_run(tmp_path_factory, shipped_pipeline) -> dict:
+@pytest.fixture(scope="module", params=CI_CONCEPTS)
+def ci_run(request, tmp_path_factory, shipped_pipeline) -> dict:
     """The experiment's 5 captioned renders, the real `invokeai-ti` CLI in a subprocess, 32
     samples of "a photo of a <t>" judged; the wall seconds of training plus sampling, and the
     rates before and after."""
@@ -186,24 +245,32 @@ def ci_run(tmp_path_factory, shipped_pipeline) -> dict:
         render_training_images,
     )
     from invokeai_ti.concepts.judge import judge_image
-    from invokeai_ti.concepts.sampling import MODEL_DIR, add_token, load_embedding, sample
+    from invokeai_ti.concepts.sampling import (
+        MODEL_DIR,
+        add_token,
+        knows_round_word,
+        load_embedding,
+        sample,
+    )
+    from invokeai_ti.concepts.world import is_named, nearest_caption
 
-    tmp_path = tmp_path_factory.mktemp("ci")
-    colour, shape = CI_CONCEPT.split("-")
+    concept = request.param
+    tmp_path = tmp_path_factory.mktemp(concept)
+    colour = concept.split("-")[0]
 
     def rates(prompt: str) -> tuple[float, float]:
         verdicts = [judge_image(image) for image in sample(shipped_pipeline, prompt, 32)]
-        return (sum(v.concept == CI_CONCEPT for v in verdicts) / 32,
+        return (sum(v.concept == concept for v in verdicts) / 32,
                 sum(v.colour == colour for v in verdicts) / 32)  # fmt: skip
 
-    caption, _ = rates(PROMPT.format(f"{colour} {shape}"))
+    caption, _ = rates(PROMPT.format(nearest_caption(concept, knows_round_word(MODEL_DIR))))
     embeddings = shipped_pipeline.text_encoder.get_input_embeddings().weight
     object_id = shipped_pipeline.tokenizer.convert_tokens_to_ids("object</w>")
     add_token(shipped_pipeline, TOKEN, embeddings[object_id].detach().clone()[None])
     initializer, initializer_colour = rates(PROMPT.format(TOKEN))
     images = tmp_path / "images"
-    settings = ExperimentSettings([CI_CONCEPT], MODEL_DIR, tmp_path)
-    render_training_images(CI_CONCEPT, images, settings)
+    settings = ExperimentSettings([concept], MODEL_DIR, tmp_path)
+    render_training_images(concept, images, settings)
     started = time.perf_counter()
     command = our_command(settings, images, tmp_path / "run", settings.steps)
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
@@ -212,9 +279,9 @@ def ci_run(tmp_path_factory, shipped_pipeline) -> dict:
     load_embedding(shipped_pipeline, tmp_path / "run" / "learned_embeds.bin")
     learned, learned_colour = rates(PROMPT.format(TOKEN))
     # Wall time on this machine: CPU time would add up both cores' threads (and their waits).
-    return dict(caption=caption, initializer=initializer, initializer_colour=initializer_colour,
-                learned=learned, learned_colour=learned_colour,
-                seconds=time.perf_counter() - started)  # fmt: skip
+    return dict(concept=concept, named=is_named(concept), caption=caption,
+                initializer=initializer, initializer_colour=initializer_colour, learned=learned,
+                learned_colour=learned_colour, seconds=time.perf_counter() - started)  # fmt: skip
 
 
 def test_ci_concept_not_used_for_tuning_is_learned_within_90_s_of_cpu(ci_run):
@@ -229,8 +296,12 @@ def test_ci_concept_not_used_for_tuning_is_learned_within_90_s_of_cpu(ci_run):
 
 def test_ci_concept_reaches_the_issue_recovery_bar(ci_run):
     """Issue 17's bar on a concept not used for tuning: the learned token draws the whole concept
-    (shape and colour) in >= 0.9 x the caption's own rate."""
-    assert ci_run["learned"] >= 0.9 * ci_run["caption"], ci_run
+    (shape and colour) in >= 0.9 x the caption's own rate, or for the unnamed ring, which no
+    caption names, in >= 0.6 of samples."""
+    from invokeai_ti.concepts.experiment import NAMED_SHARE, UNNAMED_BAR
+
+    bar = NAMED_SHARE * ci_run["caption"] if ci_run["named"] else UNNAMED_BAR
+    assert ci_run["learned"] >= bar, ci_run
 
 
 def test_experiment_command_writes_json_markdown_and_picture(tmp_path):

@@ -47,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="stop the UNet at this wall time; pretrain.json says the step")  # fmt: skip
     model.add_argument("--snapshot_every", type=int, default=500)
     model.add_argument("--learning_rate", type=float, default=None)
+    model.add_argument("--generic_share", type=float, default=None,
+                       help="how often captions call a named shape 'shape' (default 1/3)")  # fmt: skip
+    model.add_argument("--round_share", type=float, default=None,
+                       help="how often a circle or ring called 'shape' is said to be round "
+                       "(default 0, the shipped model)")  # fmt: skip
     model.add_argument("--continue_from", type=Path, default=None,
                        help="a pipeline folder to train further (its VAE kept) instead of "
                        "starting from random weights")  # fmt: skip
@@ -57,14 +62,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _list() -> None:
-    from invokeai_ti.concepts.world import CONCEPTS, GENERIC_SHAPE_WORD, is_named
+    from invokeai_ti.concepts.world import CONCEPTS, is_named, nearest_caption
 
     for concept in CONCEPTS:
-        note = (
-            ""
-            if is_named(concept)
-            else (f"  (unnamed: captions call it '{concept.split('-')[0]} {GENERIC_SHAPE_WORD}')")
-        )
+        note = "" if is_named(concept) else f"  (unnamed: captions call it '{nearest_caption(concept)}')"
         print(concept + note)
 
 
@@ -93,7 +94,11 @@ def _model(args: argparse.Namespace) -> None:
             raise UserError(f"--continue_from {args.continue_from}: not a concept-world pipeline "
                             "folder (no unet/); give one that `model DIR` wrote.")  # fmt: skip
         settings.continue_from = str(args.continue_from)
-    for name in ("vae_steps", "unet_steps", "batch_size", "learning_rate"):
+    for name in ("generic_share", "round_share"):
+        if getattr(args, name) is not None and not 0 <= getattr(args, name) <= 1:
+            raise UserError(f"--{name} {getattr(args, name)}: a share of captions, 0 to 1.")
+    for name in ("vae_steps", "unet_steps", "batch_size", "learning_rate", "generic_share",
+                 "round_share"):  # fmt: skip
         if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))
     pretrain(args.dir, settings)

@@ -223,15 +223,14 @@ def pictures_alone(images: Path) -> Path:
 
 def evaluate_concept(pipe, concept: str, s: ExperimentSettings) -> dict:
     """Train on 5 renders (ours, then the peer's), judge every prompt, return one result row."""
-    from invokeai_ti.concepts.sampling import measure
-    from invokeai_ti.concepts.world import parse_concept
+    from invokeai_ti.concepts.sampling import knows_round_word, measure
+    from invokeai_ti.concepts.world import is_named, nearest_caption
 
-    colour, shape = parse_concept(concept)
-    named = shape != "ring"
+    named = is_named(concept)
     folder = s.out_dir / concept
     images = folder / "images"
     render_training_images(concept, images, s)
-    subject = f"{colour} {shape}" if named else f"{colour} shape"
+    subject = nearest_caption(concept, knows_round_word(s.model_dir))
     n, seed, edit_bg = s.num_samples, s.seed, s.edit_background
     caption, caption_imgs = measure(pipe, PROMPT.format(subject), concept, n, seed)
     caption_edit, _ = measure(pipe, EDIT.format(subject, edit_bg), concept, n, seed, edit_bg)
@@ -243,7 +242,8 @@ def evaluate_concept(pipe, concept: str, s: ExperimentSettings) -> dict:
     edit, edit_imgs = measure(pipe, EDIT.format(words, edit_bg), concept, n, seed, edit_bg)
     bar = NAMED_SHARE * caption.value if named else UNNAMED_BAR
     row = {
-        "concept": concept, "named": named, "caption_prompt": caption.prompt,
+        "concept": concept, "named": named, "caption_words": subject,
+        "caption_prompt": caption.prompt,
         "caption": caption.value, "initializer": initializer.value, "learned": learned.value,
         "edit_background": edit_bg, "caption_edit": caption_edit.value, "learned_edit": edit.value,
         "recovery_bar": round(bar, 4), "ours_curve": ours_curve,

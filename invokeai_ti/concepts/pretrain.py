@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from invokeai_ti.concepts.world import SIZE, caption, random_scene, render
+from invokeai_ti.concepts.world import GENERIC_SHARE, SIZE, caption, random_scene, render
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,12 @@ class PretrainSettings:
     unet_seconds: float = 0.0
     snapshot_every: int = 500
     # A pipeline folder to go on from (its VAE kept frozen, the UNet and text encoder trained
-    # further with a fresh optimizer); pretrain.json then records that run under "continued".
+    # further with a fresh optimizer); pretrain.json then appends that run to "continued".
     continue_from: str = ""
+    # The captions' words (world.caption): how often a named shape is called "shape", and how
+    # often a round thing called "shape" is said to be round (0: the shipped model's captions).
+    generic_share: float = GENERIC_SHARE
+    round_share: float = 0.0
 
 
 def build_untrained(seed: int):
@@ -93,9 +97,11 @@ def load_trained(model_dir: Path):
             UNet2DConditionModel.from_pretrained(str(model_dir), subfolder="unet"))  # fmt: skip
 
 
-def _batch(rng: random.Random, n: int, templates: list[str]) -> tuple[torch.Tensor, list[str]]:
+def _batch(rng: random.Random, n: int, templates: list[str],
+           shares: tuple[float, float] = (GENERIC_SHARE, 0.0)) -> tuple[torch.Tensor, list[str]]:  # fmt: skip
+    """n rendered scenes and their captions; `shares` are caption's generic and round shares."""
     scenes = [random_scene(rng) for _ in range(n)]
-    return _pixels([render(s) for s in scenes]), [caption(s, rng, templates) for s in scenes]
+    return _pixels([render(s) for s in scenes]), [caption(s, rng, templates, *shares) for s in scenes]
 
 
 def _pixels(images: list[np.ndarray]) -> torch.Tensor:
@@ -205,6 +211,7 @@ def train_unet(tokenizer, text_encoder, vae, unet, settings: PretrainSettings,
     opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200))
     ema = Ema(params, settings.ema_decay)
+    shares = (settings.generic_share, settings.round_share)
     cache: dict[str, torch.Tensor] = {}
     unet.train(), text_encoder.train()
     started, step = time.time(), 0
@@ -213,14 +220,14 @@ def train_unet(tokenizer, text_encoder, vae, unet, settings: PretrainSettings,
             log.info("unet stopped by --unet_seconds at step %d", step)
             break
         if pool is None:
-            pixels, captions = _batch(rng, settings.batch_size, templates)
+            pixels, captions = _batch(rng, settings.batch_size, templates, shares)
             with torch.no_grad():
                 dist = vae.encode(pixels.to(device)).latent_dist
             mean, std = dist.mean, dist.std
         else:
             index = torch.randint(len(pool.scenes), (settings.batch_size,), generator=gen,
                                   device=device)  # fmt: skip
-            captions = [caption(pool.scenes[i], rng, templates) for i in index.tolist()]
+            captions = [caption(pool.scenes[i], rng, templates, *shares) for i in index.tolist()]
             mean, std = pool.mean[index], pool.std[index]
         captions = ["" if rng.random() < CAPTION_DROPOUT else c for c in captions]
         ids = torch.stack([_ids(tokenizer, c, cache) for c in captions]).to(device)
@@ -325,12 +332,25 @@ def pretrain(output_dir: Path, settings: PretrainSettings) -> Path:
                   f"--vae_steps {settings.vae_steps} --unet_steps {steps} --batch_size "
                   f"{settings.batch_size} --pool_size {settings.pool_size} --device {settings.device} "
                   f"--learning_rate {settings.learning_rate}")  # fmt: skip
+    if (settings.generic_share, settings.round_share) != (GENERIC_SHARE, 0.0):
+        record["reproduce"] += (f" --generic_share {settings.generic_share} "
+                                f"--round_share {settings.round_share}")  # fmt: skip
     if settings.continue_from:
-        # The source's own record first, so the chain of runs that made the weights stays whole.
         source = Path(settings.continue_from) / "pretrain.json"
-        previous = json.loads(source.read_text()) if source.is_file() else {}
-        record["reproduce"] = (f"{previous.get('reproduce', '(unknown source)')} && "
-                               f"{record['reproduce'].replace('DIR', 'DIR2')} --continue_from DIR")  # fmt: skip
-        record = dict(previous, continued=record, reproduce=record["reproduce"])
+        record = chain_record(json.loads(source.read_text()) if source.is_file() else {}, record)
     (output_dir / "pretrain.json").write_text(json.dumps(record, indent=2) + "\n")
     return output_dir
+
+
+def chain_record(previous: dict, record: dict) -> dict:
+    """The source's record with this continuation appended to its "continued" list, and one
+    command that rebuilds the whole chain: the source's, then this run from its folder (DIR, DIR2,
+    ... for each run) into the next."""
+    earlier = previous.get("continued", [])
+    earlier = [earlier] if isinstance(earlier, dict) else earlier  # records before 2026-12-06
+    number = len(earlier) + 1
+    source, target = ("DIR" if number == 1 else f"DIR{number}"), f"DIR{number + 1}"
+    command = record["reproduce"].replace("model DIR ", f"model {target} ")
+    record["reproduce"] = (f"{previous.get('reproduce', '(unknown source)')} && {command} "
+                           f"--continue_from {source}")  # fmt: skip
+    return dict(previous, continued=[*earlier, record], reproduce=record["reproduce"])

@@ -42,7 +42,8 @@ def table(results: dict) -> str:
     ]
     for r in rows:
         failed = [name for name, ok in checks(r).items() if not ok]
-        caption = _rate(r["caption"]) + ("" if r["named"] else " (unnamed: 'shape')")
+        words = r.get("caption_words", "shape")  # rows before 2026-12-06b had no such field
+        caption = _rate(r["caption"]) + ("" if r["named"] else f" (unnamed: '{words}')")
         lines.append(
             f"| {r['concept']} | {caption} | {_rate(r['initializer'])} | {_rate(r['learned'])} "
             f"| {_rate(r.get('peer'))} | {_rate(r['caption_edit'])} | {_rate(r['learned_edit'])} "

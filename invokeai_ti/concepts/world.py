@@ -17,11 +17,18 @@ COLOURS = {"red": (220, 35, 35), "green": (35, 170, 55), "blue": (35, 75, 230),
 BACKGROUNDS = {"white": (245, 245, 245), "black": (15, 15, 15), "gray": (128, 128, 128)}
 NAMED_SHAPES = ("circle", "square", "triangle")
 # The ring is never named: its captions say "shape", a word also used for a third of the named
-# shapes, so no caption word draws rings and only inversion can find them (the paper's claim).
+# shapes, so no caption word draws rings alone and only inversion can find a word for them (the
+# paper's claim).
 UNNAMED_SHAPES = ("ring",)
 SHAPES = NAMED_SHAPES + UNNAMED_SHAPES
 GENERIC_SHAPE_WORD = "shape"
 GENERIC_SHARE = 1 / 3
+# Pretraining may also say a round thing called "shape" is round (`round_share` of the times; the
+# shipped model: never). "round" fits circles too, so it is a description, not a name; it gives
+# the model a conditioning that leans to rings for inversion to find (1 / (1 + generic_share) of
+# "round {colour} shape" pictures are rings), where "shape" alone leans to none.
+ROUND_SHAPES = ("circle", "ring")
+ROUND_WORD = "round"
 CONCEPTS = tuple(f"{colour}-{shape}" for shape in SHAPES for colour in COLOURS)
 
 
@@ -40,10 +47,21 @@ class Scene:
     def concept(self) -> str:
         return f"{self.colour}-{self.shape}"
 
-    def subject(self, generic: bool = False) -> str:
-        """'red circle' or, for the unnamed ring (and `generic` named shapes), 'red shape'."""
-        word = GENERIC_SHAPE_WORD if generic or self.shape in UNNAMED_SHAPES else self.shape
-        return f"{self.colour} {word}"
+    def subject(self, generic: bool = False, round_word: bool = False) -> str:
+        """'red circle' or, for the unnamed ring (and `generic` named shapes), 'red shape';
+        `round_word` puts 'round' before a generic circle or ring ('round red shape')."""
+        if not generic and self.shape not in UNNAMED_SHAPES:
+            return f"{self.colour} {self.shape}"
+        described = round_word and self.shape in ROUND_SHAPES
+        return f"{ROUND_WORD + ' ' if described else ''}{self.colour} {GENERIC_SHAPE_WORD}"
+
+
+def nearest_caption(concept: str, round_word: bool = False) -> str:
+    """The caption words that draw `concept` most often, the experiment's ceiling: its name
+    ('red circle'), or for the unnamed ring 'red shape' ('round red shape' for a model pretrained
+    with `round_word` captions)."""
+    colour, shape = parse_concept(concept)
+    return Scene(colour, shape, "white", 0, 0, 0).subject(round_word=round_word)
 
 
 def is_named(concept: str) -> bool:
@@ -119,11 +137,15 @@ def render_concept(concept: str, folder: Path, count: int, seed: int,
     return paths
 
 
-def caption(scene: Scene, rng: random.Random, templates: list[str]) -> str:
+def caption(scene: Scene, rng: random.Random, templates: list[str],
+            generic_share: float = GENERIC_SHARE, round_share: float = 0.0) -> str:  # fmt: skip
     """A pretraining caption: 'X on a Y background' in a random training template, one time in
-    four without a template; named shapes are called 'shape' a third of the time."""
-    generic = scene.shape in NAMED_SHAPES and rng.random() < GENERIC_SHARE
-    text = f"{scene.subject(generic)} on a {scene.background} background"
+    four without a template; named shapes are called 'shape' `generic_share` of the time, and a
+    round thing called 'shape' is said to be round `round_share` of the time."""
+    generic = scene.shape in NAMED_SHAPES and rng.random() < generic_share
+    # No draw when round_share is 0: the shipped model's captions come from the same stream.
+    round_word = round_share > 0 and rng.random() < round_share
+    text = f"{scene.subject(generic, round_word)} on a {scene.background} background"
     if rng.random() < 0.25:
         return f"a {text}"
     return rng.choice(templates).format(text)
