@@ -148,7 +148,8 @@ def test_pretraining_continues_from_a_saved_model_and_chains_its_record(tmp_path
     pretrain.json appends the new run to "continued" with one command that rebuilds them all."""
     from safetensors.torch import load_file
 
-    from invokeai_ti.concepts.sampling import MODEL_DIR, knows_round_word
+    from invokeai_ti.concepts.pretrain import knows_round_word
+    from invokeai_ti.concepts.sampling import MODEL_DIR
 
     result = concepts_command("model", str(tmp_path / "model"), "--pretrain", "--seed", "1",
                               "--continue_from", str(MODEL_DIR), "--unet_steps", "2",
@@ -245,13 +246,8 @@ def ci_run(request, tmp_path_factory, shipped_pipeline) -> dict:
         render_training_images,
     )
     from invokeai_ti.concepts.judge import judge_image
-    from invokeai_ti.concepts.sampling import (
-        MODEL_DIR,
-        add_token,
-        knows_round_word,
-        load_embedding,
-        sample,
-    )
+    from invokeai_ti.concepts.pretrain import knows_round_word
+    from invokeai_ti.concepts.sampling import MODEL_DIR, add_token, load_embedding, sample
     from invokeai_ti.concepts.world import is_named, nearest_caption
 
     concept = request.param

@@ -223,7 +223,8 @@ def pictures_alone(images: Path) -> Path:
 
 def evaluate_concept(pipe, concept: str, s: ExperimentSettings) -> dict:
     """Train on 5 renders (ours, then the peer's), judge every prompt, return one result row."""
-    from invokeai_ti.concepts.sampling import knows_round_word, measure
+    from invokeai_ti.concepts.pretrain import knows_round_word
+    from invokeai_ti.concepts.sampling import measure
     from invokeai_ti.concepts.world import is_named, nearest_caption
 
     named = is_named(concept)

@@ -346,11 +346,27 @@ def chain_record(previous: dict, record: dict) -> dict:
     """The source's record with this continuation appended to its "continued" list, and one
     command that rebuilds the whole chain: the source's, then this run from its folder (DIR, DIR2,
     ... for each run) into the next."""
-    earlier = previous.get("continued", [])
-    earlier = [earlier] if isinstance(earlier, dict) else earlier  # records before 2026-12-06
+    earlier = continuations(previous)
     number = len(earlier) + 1
     source, target = ("DIR" if number == 1 else f"DIR{number}"), f"DIR{number + 1}"
     command = record["reproduce"].replace("model DIR ", f"model {target} ")
     record["reproduce"] = (f"{previous.get('reproduce', '(unknown source)')} && {command} "
                            f"--continue_from {source}")  # fmt: skip
     return dict(previous, continued=[*earlier, record], reproduce=record["reproduce"])
+
+
+def continuations(record: dict) -> list[dict]:
+    """The continuation runs of a pretrain.json record, oldest first (records before 2026-12-06
+    held the one continuation as a dict)."""
+    earlier = record.get("continued", [])
+    return [earlier] if isinstance(earlier, dict) else earlier
+
+
+def knows_round_word(model_dir: Path) -> bool:
+    """Whether any pretraining run of the model (its pretrain.json) captioned round things as
+    'round' (--round_share): then 'round red shape' is the unnamed ring's nearest caption."""
+    record_path = model_dir / "pretrain.json"
+    if not record_path.is_file():
+        return False
+    record = json.loads(record_path.read_text())
+    return any(run.get("round_share", 0) > 0 for run in [record, *continuations(record)])

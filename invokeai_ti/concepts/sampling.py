@@ -38,19 +38,6 @@ def load_pipeline(model_dir: Path = MODEL_DIR):
     return pipe
 
 
-def knows_round_word(model_dir: Path) -> bool:
-    """Whether any pretraining run of the model (its pretrain.json) captioned round things as
-    'round' (--round_share): then 'round red shape' is the unnamed ring's nearest caption."""
-    import json
-
-    record_path = model_dir / "pretrain.json"
-    if not record_path.is_file():
-        return False
-    record = json.loads(record_path.read_text())
-    runs = [record, *record.get("continued", [])]
-    return any(isinstance(run, dict) and run.get("round_share", 0) > 0 for run in runs)
-
-
 def add_token(pipe, token: str, vectors: torch.Tensor) -> None:
     """Splice one new token with its [1, dim] vector into the pipeline's tokenizer and encoder
     (replacing the vector if the token is already there)."""
