@@ -314,8 +314,24 @@ def test_experiment_command_writes_json_markdown_and_picture(tmp_path):
     assert row["edit_background"] == "black" and results["settings"]["captions"] is True
     assert "--caption_extension" in row["ours_command"]
     assert 0 <= row["learned"] <= 1 and 0 <= row["caption"] <= 1
+    assert 1 <= len(row["learned_draws"]) <= 3 and sum(row["learned_draws"].values()) <= 1
     assert "| blue-circle |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "samples.png").stat().st_size > 0
+
+
+def test_report_says_what_a_missing_token_draws_instead():
+    """A token that misses its bar is listed with the judge's readings of its samples (a circle's
+    token drawing rings reads differently from one drawing nothing); a token that holds is not."""
+    from invokeai_ti.concepts.report import misses
+
+    row = {"named": True, "caption": 1.0, "initializer": 0.0, "caption_edit": 1.0,
+           "learned_edit": 1.0, "recovery_bar": 0.9}  # fmt: skip
+    rows = [{**row, "concept": "red-circle", "learned": 0.19,
+             "learned_draws": {"red-ring": 0.72, "red-circle": 0.19, "none": 0.09}},
+            {**row, "concept": "red-square", "learned": 1.0, "learned_draws": {"red-square": 1.0}},
+            {**row, "concept": "blue-square", "learned": 0.5}]  # rows before the field: skipped
+    assert misses({"rows": rows}) == ("- red-circle: the token draws red-ring 0.72, "
+                                      "red-circle 0.19, none 0.09")
 
 
 @pytest.mark.parametrize("captions", [True, False])

@@ -55,6 +55,17 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def misses(results: dict) -> str:
+    """What the learned token draws where it misses its recovery bar: the judge's three most
+    common readings of "a photo of a <t>" ('none': no concept it can name)."""
+    lines = []
+    for r in results["rows"]:
+        if "learned_draws" in r and not checks(r)["recovery"]:
+            drawn = ", ".join(f"{name} {share:.2f}" for name, share in r["learned_draws"].items())
+            lines.append(f"- {r['concept']}: the token draws {drawn}")
+    return "\n".join(lines)
+
+
 def curves(results: dict) -> str:
     lines = []
     for r in results["rows"]:
@@ -77,8 +88,10 @@ def write_report(results: dict, out_dir: Path) -> list[Path]:
     json_path = out_dir / "results.json"
     json_path.write_text(json.dumps(results, indent=2))
     md_path = out_dir / "results.md"
-    md_path.write_text("\n\n".join([table(results), "Recovery over steps (step: rate (seconds "
-                                    "since launch)):", curves(results)]) + "\n")  # fmt: skip
+    missed = misses(results)
+    sections = [table(results)] + (["Where the token misses:", missed] if missed else [])
+    sections += ["Recovery over steps (step: rate (seconds since launch)):", curves(results)]
+    md_path.write_text("\n\n".join(sections) + "\n")
     pictures = [np.asarray(Image.open(out_dir / r["concept"] / "samples.png"))
                 for r in results["rows"]]  # fmt: skip
     width = max(p.shape[1] for p in pictures)
