@@ -412,3 +412,28 @@ def test_step_files_of_a_run_are_its_own(tmp_path):
     (tmp_path / "learned_embeds-steps-300.bin").write_bytes(b"old")
     run = run_timed("fake", [sys.executable, "-c", write, str(tmp_path)], tmp_path, 4)
     assert [step for step, _, _ in run.step_files] == [2, 4]
+
+
+def test_conditioning_bound_starts_from_the_initializers_prompt_and_frees_only_its_part():
+    """examples/concepts_conditioning_bound.py: before any step each --part is exactly the
+    encoder's conditioning of "a photo of a object" (a spliced vector included), and
+    `after_prefix` leaves "a photo of a" alone."""
+    sys.path.insert(0, str(REPO / "examples"))
+    import torch
+    from concepts_conditioning_bound import Conditioning
+
+    from invokeai_ti.concepts.sampling import MODEL_DIR, load_pipeline
+
+    pipe = load_pipeline(MODEL_DIR)
+    pipe.text_encoder.requires_grad_(False)
+    with torch.no_grad():
+        reference = pipe.encode_prompt("a photo of a object", "cpu", 1, False)[0]
+        for part in ("all", "after_prefix", "normed_rows", "vectors"):
+            assert torch.allclose(Conditioning(pipe, part, 1)(), reference, atol=1e-5), part
+        prefix = Conditioning(pipe, "after_prefix", 1)
+        assert prefix.fixed.shape[1] == 5  # <start> a photo of a
+        assert prefix.free.shape[1] == 77 - 5
+        two = Conditioning(load_pipeline(MODEL_DIR), "vectors", 2)
+        assert two.free.shape == (2, reference.shape[-1])
+        assert two.ids[0, 5:8].tolist() == [len(pipe.tokenizer), len(pipe.tokenizer) + 1,
+                                            pipe.tokenizer.eos_token_id]  # fmt: skip
