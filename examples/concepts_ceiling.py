@@ -53,7 +53,10 @@ def table(models: dict[str, dict], concepts: list[str]) -> str:
             f"{models[n][c]['concept']:.2f} | {models[n][c]['colour']:.2f}" for n in names
         )
         lines.append(f"| {c} | {cells} |")
-    named = [c for c in concepts if "-ring" not in c]
+    from invokeai_ti.concepts.world import CONCEPTS, is_named
+
+    # Rows are concepts or "{concept} ('{words}')" variants; only plain named concepts count.
+    named = [c for c in concepts if c in CONCEPTS and is_named(c)]
     means = " | ".join(f"**{sum(models[n][c]['concept'] for c in named) / len(named):.2f}** | "
                        for n in names)  # fmt: skip
     lines.append(f"| **mean of the named** | {means}")
