@@ -25,7 +25,6 @@ import argparse
 import json
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -33,15 +32,13 @@ import torch
 
 
 def training_latents(pipe, concept: str, seed: int, folder: Path) -> torch.Tensor:
-    """The experiment's 5 renders (white/gray alternating, seeds seed+1000+i), as VAE latents."""
-    from PIL import Image
+    """The experiment's 5 training renders (its own renderer, without captions), as VAE latents."""
+    from invokeai_ti.concepts.experiment import ExperimentSettings, render_training_images
+    from invokeai_ti.concepts.judge import load_images
 
-    from invokeai_ti.concepts.world import render_concept
-
-    paths = []
-    for i in range(5):
-        paths += render_concept(concept, folder, 1, seed + 1000 + i, ("white", "gray")[i % 2])
-    pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+    settings = ExperimentSettings([concept], Path(), folder, seed=seed, captions=False)
+    render_training_images(concept, folder, settings)
+    pixels = np.stack([image for _, image in load_images(folder)])
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
     with torch.no_grad():
         return pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
@@ -102,11 +99,14 @@ class Conditioning(torch.nn.Module):
 def optimise(pipe, latents: torch.Tensor, conditioning: Conditioning, steps: int, lr: float,
              batch_size: int, seed: int) -> torch.Tensor:  # fmt: skip
     from diffusers import DDPMScheduler
+    from diffusers.optimization import get_cosine_schedule_with_warmup
 
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     optimizer = torch.optim.AdamW([conditioning.free], lr=lr, weight_decay=0.0)
+    # cosine to 0 without warm-up, the experiment's --lr_scheduler for its token
+    schedule = get_cosine_schedule_with_warmup(optimizer, 0, steps)
     generator = torch.Generator().manual_seed(seed)
-    for step in range(steps):
+    for _ in range(steps):
         index = torch.randint(0, len(latents), (batch_size,), generator=generator)
         x0 = latents[index]
         noise = torch.randn(x0.shape, generator=generator)
@@ -117,17 +117,10 @@ def optimise(pipe, latents: torch.Tensor, conditioning: Conditioning, steps: int
         loss = torch.nn.functional.mse_loss(predicted, noise)
         optimizer.zero_grad()
         loss.backward()
-        for group in optimizer.param_groups:  # cosine to 0, as the experiment's token
-            group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps))
         optimizer.step()
+        schedule.step()
     with torch.no_grad():
         return conditioning()
-
-
-def judge_counts(images: np.ndarray) -> Counter:
-    from invokeai_ti.concepts.judge import judge_image
-
-    return Counter(judge_image(image).concept or "none" for image in images)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     from invokeai_ti.concepts import sampling
+    from invokeai_ti.concepts.judge import judge_image, summarize
 
     rows = []
     for concept in args.concept:
@@ -158,19 +152,14 @@ def main(argv: list[str] | None = None) -> int:
         free = Conditioning(pipe, args.part, args.vectors)
         conditioning = optimise(pipe, latents, free, args.steps, args.learning_rate,
                                 args.batch_size, args.seed)  # fmt: skip
-        generators = [torch.Generator().manual_seed(args.seed + i) for i in range(args.num_samples)]
-        with torch.no_grad():
-            images = pipe(prompt_embeds=conditioning.expand(args.num_samples, -1, -1),
-                          num_inference_steps=sampling.NUM_INFERENCE_STEPS,
-                          guidance_scale=sampling.GUIDANCE_SCALE,
-                          generator=generators, output_type="np").images  # fmt: skip
-        counts = judge_counts((images * 255).round().clip(0, 255).astype(np.uint8))
+        images = sampling.sample(pipe, conditioning, args.num_samples, args.seed)
+        drawn = summarize([judge_image(image) for image in images])["concept"]
         row = {
             "concept": concept,
             "part": args.part,
             "vectors": args.vectors if args.part == "vectors" else None,
-            "recovery": counts[concept] / args.num_samples,
-            "draws": dict(counts.most_common(4)),
+            "recovery": drawn.get(concept, 0.0),
+            "draws": dict(list(drawn.items())[:4]),  # shares of the samples, most drawn first
             "seconds": round(time.perf_counter() - began),
         }
         print(json.dumps(row), flush=True)

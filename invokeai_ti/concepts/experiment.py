@@ -223,7 +223,7 @@ def pictures_alone(images: Path) -> Path:
 
 def evaluate_concept(pipe, concept: str, s: ExperimentSettings) -> dict:
     """Train on 5 renders (ours, then the peer's), judge every prompt, return one result row."""
-    from invokeai_ti.concepts.judge import judge_image, summarize
+    from invokeai_ti.concepts.judge import summarize
     from invokeai_ti.concepts.pretrain import knows_round_word
     from invokeai_ti.concepts.sampling import measure
     from invokeai_ti.concepts.world import is_named, nearest_caption
@@ -242,7 +242,7 @@ def evaluate_concept(pipe, concept: str, s: ExperimentSettings) -> dict:
     words = load_embedding_as(pipe, ours.step_files[-1][1])
     learned, learned_imgs = measure(pipe, PROMPT.format(words), concept, n, seed)
     edit, edit_imgs = measure(pipe, EDIT.format(words, edit_bg), concept, n, seed, edit_bg)
-    drawn = summarize([judge_image(image) for image in learned_imgs])["concept"]
+    drawn = summarize(learned.verdicts)["concept"]
     bar = NAMED_SHARE * caption.value if named else UNNAMED_BAR
     row = {
         "concept": concept, "named": named, "caption_words": subject,

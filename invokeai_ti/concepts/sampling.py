@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from invokeai_ti.concepts.judge import judge_image
+from invokeai_ti.concepts.judge import Verdict, judge_image
 
 MODEL_DIR = Path(__file__).resolve().parent / "model"
 # Sampling settings of every measurement; the ceiling, the initializer and the learned token are
@@ -64,12 +64,16 @@ def load_embedding(pipe, path: Path, token: str | None = None) -> str:
     return " ".join(tokens)
 
 
-def sample(pipe, prompt: str, num_images: int, seed: int = 0) -> np.ndarray:
+def sample(pipe, prompt: str | torch.Tensor, num_images: int, seed: int = 0) -> np.ndarray:
     """[n, 32, 32, 3] uint8 from seeds seed..seed+n-1 (one generator each, so image i does not
-    depend on n)."""
+    depend on n). `prompt` is words, or a [1, 77, dim] conditioning used as the prompt's."""
     generators = [torch.Generator().manual_seed(seed + i) for i in range(num_images)]
+    if isinstance(prompt, str):
+        given = {"prompt": [prompt] * num_images}
+    else:
+        given = {"prompt_embeds": prompt.expand(num_images, -1, -1)}
     with torch.no_grad():
-        out = pipe([prompt] * num_images, num_inference_steps=NUM_INFERENCE_STEPS,
+        out = pipe(**given, num_inference_steps=NUM_INFERENCE_STEPS,
                    guidance_scale=GUIDANCE_SCALE, generator=generators, output_type="np")  # fmt: skip
     return (out.images * 255).round().clip(0, 255).astype(np.uint8)
 
@@ -81,6 +85,7 @@ class Rate:
     prompt: str
     hits: int
     total: int
+    verdicts: list[Verdict] = field(default_factory=list)  # the judge's reading of each image
 
     @property
     def value(self) -> float:
@@ -88,19 +93,19 @@ class Rate:
 
 
 def judged_rate(images: np.ndarray, concept: str, background: str | None = None) -> int:
-    hits = 0
-    for image in images:
-        verdict = judge_image(image)
-        hits += verdict.concept == concept and (
-            background is None or verdict.background == background
-        )
-    return hits
+    return _hits([judge_image(image) for image in images], concept, background)
+
+
+def _hits(verdicts: list[Verdict], concept: str, background: str | None) -> int:
+    return sum(v.concept == concept and (background is None or v.background == background)
+               for v in verdicts)  # fmt: skip
 
 
 def measure(pipe, prompt: str, concept: str, num_images: int, seed: int = 0,
             background: str | None = None) -> tuple[Rate, np.ndarray]:  # fmt: skip
     images = sample(pipe, prompt, num_images, seed)
-    return Rate(prompt, judged_rate(images, concept, background), num_images), images
+    verdicts = [judge_image(image) for image in images]
+    return Rate(prompt, _hits(verdicts, concept, background), num_images, verdicts), images
 
 
 def grid(rows: list[np.ndarray], scale: int = 3) -> PIL.Image.Image:  # noqa: F821
