@@ -37,11 +37,14 @@ def test_captions_never_name_the_ring_and_round_shares_lean_to_it():
     """No pretraining caption says 'ring' (or any word only rings get). By default (the shipped
     model) nothing is called 'round'; with --round_share 0.5 --generic_share 0.25, 'round
     {colour} shape' also describes circles called 'shape', but 4 of 5 of its pictures are rings,
-    against under half of the bare '{colour} shape' pictures."""
+    against under half of the bare '{colour} shape' pictures; --round_named says it of named
+    circles too."""
     from invokeai_ti.concepts.world import caption, nearest_caption
     from invokeai_ti.data.dataset import OBJECT_TEMPLATES
 
-    for shares, words in (((1 / 3, 0.0), {"round": None}), ((0.25, 0.5), {"round": {"circle", "ring"}})):
+    shares_and_words = (((1 / 3, 0.0), {"round": None}), ((0.25, 0.5), {"round": {"circle", "ring"}}),
+                        ((0.25, 0.5, True), {"round": {"circle", "ring"}}))  # fmt: skip
+    for shares, words in shares_and_words:
         rng = random.Random(5)
         words_of: dict[str, set[str]] = {}
         described, bare = [], []
@@ -59,6 +62,11 @@ def test_captions_never_name_the_ring_and_round_shares_lean_to_it():
         assert sum(bare) / len(bare) <= (0.5 if described else 0.55)
         if described:
             assert 0.75 <= sum(described) / len(described) <= 0.85
+        # --round_named: 'round' is said of named circles too, as often as of rings.
+        circles = [caption(random_scene(rng, "red-circle"), rng, OBJECT_TEMPLATES, *shares)
+                   for _ in range(400)]  # fmt: skip
+        named_round = sum("round red circle" in text for text in circles)
+        assert (named_round > 120) == (len(shares) == 3)
     assert nearest_caption("red-ring") == "red shape"
     assert nearest_caption("red-ring", round_word=True) == "round red shape"
     assert nearest_caption("red-circle", round_word=True) == "red circle"
@@ -179,6 +187,27 @@ def test_pretraining_continues_from_a_saved_model_and_chains_its_record(tmp_path
     assert "--continue_from" in missing.stderr
     share = concepts_command("model", str(tmp_path / "m3"), "--pretrain", "--round_share", "2")
     assert share.returncode == 2 and share.stderr.count("\n") == 1 and "--round_share" in share.stderr
+
+
+def test_a_frozen_unet_continuation_trains_only_the_text_encoder(tmp_path):
+    """--freeze_unet keeps the source's UNet bit for bit (what it draws stays), trains the text
+    encoder, and says so in the command that rebuilds the model; without a source it is one line."""
+    from invokeai_ti.concepts.sampling import MODEL_DIR
+
+    result = concepts_command("model", str(tmp_path / "model"), "--pretrain", "--seed", "1",
+                              "--continue_from", str(MODEL_DIR), "--freeze_unet", "--unet_steps",
+                              "2", "--batch_size", "4", "--round_share", "0.5", timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    unet_file = Path("unet") / "diffusion_pytorch_model.safetensors"
+    text_file = Path("text_encoder") / "model.safetensors"
+    assert (tmp_path / "model" / unet_file).read_bytes() == (MODEL_DIR / unet_file).read_bytes()
+    assert (tmp_path / "model" / text_file).read_bytes() != (MODEL_DIR / text_file).read_bytes()
+    record = json.loads((tmp_path / "model" / "pretrain.json").read_text())
+    assert record["continued"][-1]["freeze_unet"] is True
+    assert record["reproduce"].endswith("--round_share 0.5 --freeze_unet --continue_from "
+                                        f"DIR{len(record['continued'])}")  # fmt: skip
+    alone = concepts_command("model", str(tmp_path / "m2"), "--pretrain", "--freeze_unet")
+    assert alone.returncode == 2 and alone.stderr.count("\n") == 1 and "--freeze_unet" in alone.stderr
 
 
 def test_pretraining_on_a_missing_gpu_is_one_line():

@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--round_share", type=float, default=None,
                        help="how often a circle or ring called 'shape' is said to be round "
                        "(default 0, the shipped model)")  # fmt: skip
+    model.add_argument("--round_named", action="store_true",
+                       help="say 'round' of circles called by name too (with --round_share)")  # fmt: skip
+    model.add_argument("--freeze_unet", action="store_true",
+                       help="with --continue_from: train only the text encoder, keep the UNet")  # fmt: skip
     model.add_argument("--continue_from", type=Path, default=None,
                        help="a pipeline folder to train further (its VAE kept) instead of "
                        "starting from random weights")  # fmt: skip
@@ -94,6 +98,9 @@ def _model(args: argparse.Namespace) -> None:
             raise UserError(f"--continue_from {args.continue_from}: not a concept-world pipeline "
                             "folder (no unet/); give one that `model DIR` wrote.")  # fmt: skip
         settings.continue_from = str(args.continue_from)
+    elif args.freeze_unet:
+        raise UserError("--freeze_unet: a random UNet cannot stay frozen; give --continue_from.")
+    settings.freeze_unet, settings.round_named = args.freeze_unet, args.round_named
     for name in ("generic_share", "round_share"):
         if getattr(args, name) is not None and not 0 <= getattr(args, name) <= 1:
             raise UserError(f"--{name} {getattr(args, name)}: a share of captions, 0 to 1.")

@@ -52,6 +52,12 @@ class PretrainSettings:
     # often a round thing called "shape" is said to be round (0: the shipped model's captions).
     generic_share: float = GENERIC_SHARE
     round_share: float = 0.0
+    # Train only the text encoder (a continuation): the UNet keeps what it draws, and the
+    # encoder learns to ask for it in the captions' words.
+    freeze_unet: bool = False
+    # Say "round" of circles called by name too ("round red circle"), so the word alone leans
+    # to neither round shape.
+    round_named: bool = False
 
 
 def build_untrained(seed: int):
@@ -98,7 +104,7 @@ def load_trained(model_dir: Path):
 
 
 def _batch(rng: random.Random, n: int, templates: list[str],
-           shares: tuple[float, float] = (GENERIC_SHARE, 0.0)) -> tuple[torch.Tensor, list[str]]:  # fmt: skip
+           shares: tuple = (GENERIC_SHARE, 0.0)) -> tuple[torch.Tensor, list[str]]:  # fmt: skip
     """n rendered scenes and their captions; `shares` are caption's generic and round shares."""
     scenes = [random_scene(rng) for _ in range(n)]
     return _pixels([render(s) for s in scenes]), [caption(s, rng, templates, *shares) for s in scenes]
@@ -207,13 +213,14 @@ def train_unet(tokenizer, text_encoder, vae, unet, settings: PretrainSettings,
     scheduler = DDPMScheduler(**SCHEDULE)
     rng = random.Random(settings.seed * 7 + 3)
     gen = torch.Generator(device).manual_seed(settings.seed * 7 + 4)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    unet.requires_grad_(not settings.freeze_unet)
+    params = [*([] if settings.freeze_unet else unet.parameters()), *text_encoder.parameters()]
     opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200))
     ema = Ema(params, settings.ema_decay)
-    shares = (settings.generic_share, settings.round_share)
+    shares = (settings.generic_share, settings.round_share, settings.round_named)
     cache: dict[str, torch.Tensor] = {}
-    unet.train(), text_encoder.train()
+    unet.train(not settings.freeze_unet), text_encoder.train()
     started, step = time.time(), 0
     while step < settings.unet_steps:
         if settings.unet_seconds and time.time() - started > settings.unet_seconds:
@@ -335,6 +342,10 @@ def pretrain(output_dir: Path, settings: PretrainSettings) -> Path:
     if (settings.generic_share, settings.round_share) != (GENERIC_SHARE, 0.0):
         record["reproduce"] += (f" --generic_share {settings.generic_share} "
                                 f"--round_share {settings.round_share}")  # fmt: skip
+    if settings.round_named:
+        record["reproduce"] += " --round_named"
+    if settings.freeze_unet:
+        record["reproduce"] += " --freeze_unet"
     if settings.continue_from:
         source = Path(settings.continue_from) / "pretrain.json"
         record = chain_record(json.loads(source.read_text()) if source.is_file() else {}, record)

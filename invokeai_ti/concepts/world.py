@@ -47,12 +47,13 @@ class Scene:
     def concept(self) -> str:
         return f"{self.colour}-{self.shape}"
 
-    def subject(self, generic: bool = False, round_word: bool = False) -> str:
+    def subject(self, generic: bool = False, round_word: bool = False,
+                round_named: bool = False) -> str:  # fmt: skip
         """'red circle' or, for the unnamed ring (and `generic` named shapes), 'red shape';
         `round_word` puts 'round' before a generic circle or ring ('round red shape')."""
-        if not generic and self.shape not in UNNAMED_SHAPES:
-            return f"{self.colour} {self.shape}"
         described = round_word and self.shape in ROUND_SHAPES
+        if not generic and self.shape not in UNNAMED_SHAPES:
+            return f"{ROUND_WORD + ' ' if described and round_named else ''}{self.colour} {self.shape}"
         return f"{ROUND_WORD + ' ' if described else ''}{self.colour} {GENERIC_SHAPE_WORD}"
 
 
@@ -138,14 +139,15 @@ def render_concept(concept: str, folder: Path, count: int, seed: int,
 
 
 def caption(scene: Scene, rng: random.Random, templates: list[str],
-            generic_share: float = GENERIC_SHARE, round_share: float = 0.0) -> str:  # fmt: skip
+            generic_share: float = GENERIC_SHARE, round_share: float = 0.0,
+            round_named: bool = False) -> str:  # fmt: skip
     """A pretraining caption: 'X on a Y background' in a random training template, one time in
     four without a template; named shapes are called 'shape' `generic_share` of the time, and a
     round thing called 'shape' is said to be round `round_share` of the time."""
     generic = scene.shape in NAMED_SHAPES and rng.random() < generic_share
     # No draw when round_share is 0: the shipped model's captions come from the same stream.
     round_word = round_share > 0 and rng.random() < round_share
-    text = f"{scene.subject(generic, round_word)} on a {scene.background} background"
+    text = f"{scene.subject(generic, round_word, round_named)} on a {scene.background} background"
     if rng.random() < 0.25:
         return f"a {text}"
     return rng.choice(templates).format(text)
