@@ -6,12 +6,15 @@
 #   OUT=/tmp/out UNET_SECONDS=270 bash examples/gpu_session.sh
 # A smoke test of the plumbing on a CPU:
 #   DEVICE=cpu SHAPE=tiny RES=64 VAE_STEPS=3 POOL=2000 UNET_SECONDS=5 SNAPSHOT=5 bash examples/gpu_session.sh
+# CAPTION_FLAGS pretrains a candidate world instead of the shipped model's captions, e.g.
+#   CAPTION_FLAGS="--generic_share 0.25 --round_share 0.5" (examples/concepts-results-2026-12-07c.md).
 set -u
 OUT=${OUT:-/tmp/gpu-out}
 UNET_SECONDS=${UNET_SECONDS:-270}
 CHECKS_DEADLINE_S=${CHECKS_DEADLINE_S:-540}
 DEVICE=${DEVICE:-cuda} SHAPE=${SHAPE:-sd15} RES=${RES:-512}
 VAE_STEPS=${VAE_STEPS:-1500} POOL=${POOL:-400000} SNAPSHOT=${SNAPSHOT:-2000}
+CAPTION_FLAGS=${CAPTION_FLAGS:-}
 mkdir -p "$OUT"
 start=$SECONDS
 if [ -d .whl ]; then
@@ -43,7 +46,8 @@ packer=$!
 
 timeout $((UNET_SECONDS + 150)) python3 -m invokeai_ti.concepts model /tmp/concepts/model --pretrain \
   --device "$DEVICE" --vae_steps "$VAE_STEPS" --unet_steps 1000000 --batch_size 256 \
-  --pool_size "$POOL" --unet_seconds "$UNET_SECONDS" --snapshot_every "$SNAPSHOT" >"$OUT/pretrain.log" 2>&1
+  --pool_size "$POOL" --unet_seconds "$UNET_SECONDS" --snapshot_every "$SNAPSHOT" $CAPTION_FLAGS \
+  >"$OUT/pretrain.log" 2>&1
 echo "pretrain exit $? after $((SECONDS - start)) s" >>"$OUT/pretrain.log"
 kill $packer
 if [ -f /tmp/concepts/model/pretrain.json ]; then
