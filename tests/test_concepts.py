@@ -42,15 +42,17 @@ def test_captions_never_name_the_ring_and_round_shares_lean_to_it():
     from invokeai_ti.concepts.world import caption, nearest_caption
     from invokeai_ti.data.dataset import OBJECT_TEMPLATES
 
-    shares_and_words = (((1 / 3, 0.0), {"round": None}), ((0.25, 0.5), {"round": {"circle", "ring"}}),
-                        ((0.25, 0.5, True), {"round": {"circle", "ring"}}))  # fmt: skip
-    for shares, words in shares_and_words:
+    round_world = dict(generic_share=0.25, round_share=0.5)
+    options_and_words = ((dict(generic_share=1 / 3, round_share=0.0), {"round": None}),
+                         (round_world, {"round": {"circle", "ring"}}),
+                         (dict(round_world, round_named=True), {"round": {"circle", "ring"}}))  # fmt: skip
+    for options, words in options_and_words:
         rng = random.Random(5)
         words_of: dict[str, set[str]] = {}
         described, bare = [], []
         for _ in range(20000):
             scene = random_scene(rng)
-            text = caption(scene, rng, OBJECT_TEMPLATES, *shares)
+            text = caption(scene, rng, OBJECT_TEMPLATES, **options)
             for word in text.split():
                 words_of.setdefault(word, set()).add(scene.shape)
             if f"round {scene.colour} shape" in text:
@@ -63,10 +65,10 @@ def test_captions_never_name_the_ring_and_round_shares_lean_to_it():
         if described:
             assert 0.75 <= sum(described) / len(described) <= 0.85
         # --round_named: 'round' is said of named circles too, as often as of rings.
-        circles = [caption(random_scene(rng, "red-circle"), rng, OBJECT_TEMPLATES, *shares)
+        circles = [caption(random_scene(rng, "red-circle"), rng, OBJECT_TEMPLATES, **options)
                    for _ in range(400)]  # fmt: skip
         named_round = sum("round red circle" in text for text in circles)
-        assert (named_round > 120) == (len(shares) == 3)
+        assert (named_round > 120) == options.get("round_named", False)
     assert nearest_caption("red-ring") == "red shape"
     assert nearest_caption("red-ring", round_word=True) == "round red shape"
     assert nearest_caption("red-circle", round_word=True) == "red circle"

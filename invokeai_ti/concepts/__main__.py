@@ -92,7 +92,8 @@ def _model(args: argparse.Namespace) -> None:
         raise UserError(f"--device {args.device}: no CUDA GPU is visible; use --device cpu.")
     settings = PretrainSettings(seed=args.seed, device=args.device, pool_size=args.pool_size,
                                 unet_seconds=args.unet_seconds,
-                                snapshot_every=args.snapshot_every)  # fmt: skip
+                                snapshot_every=args.snapshot_every, freeze_unet=args.freeze_unet,
+                                round_named=args.round_named)  # fmt: skip
     if args.continue_from is not None:
         if not (args.continue_from / "unet").is_dir():
             raise UserError(f"--continue_from {args.continue_from}: not a concept-world pipeline "
@@ -100,7 +101,6 @@ def _model(args: argparse.Namespace) -> None:
         settings.continue_from = str(args.continue_from)
     elif args.freeze_unet:
         raise UserError("--freeze_unet: a random UNet cannot stay frozen; give --continue_from.")
-    settings.freeze_unet, settings.round_named = args.freeze_unet, args.round_named
     for name in ("generic_share", "round_share"):
         if getattr(args, name) is not None and not 0 <= getattr(args, name) <= 1:
             raise UserError(f"--{name} {getattr(args, name)}: a share of captions, 0 to 1.")

@@ -104,10 +104,12 @@ def load_trained(model_dir: Path):
 
 
 def _batch(rng: random.Random, n: int, templates: list[str],
-           shares: tuple = (GENERIC_SHARE, 0.0)) -> tuple[torch.Tensor, list[str]]:  # fmt: skip
-    """n rendered scenes and their captions; `shares` are caption's generic and round shares."""
+           words: dict | None = None) -> tuple[torch.Tensor, list[str]]:  # fmt: skip
+    """n rendered scenes and their captions; `words` are caption's keyword options (its
+    defaults: the shipped model's captions)."""
     scenes = [random_scene(rng) for _ in range(n)]
-    return _pixels([render(s) for s in scenes]), [caption(s, rng, templates, *shares) for s in scenes]
+    return _pixels([render(s) for s in scenes]), [caption(s, rng, templates, **(words or {}))
+                                                  for s in scenes]  # fmt: skip
 
 
 def _pixels(images: list[np.ndarray]) -> torch.Tensor:
@@ -218,7 +220,8 @@ def train_unet(tokenizer, text_encoder, vae, unet, settings: PretrainSettings,
     opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200))
     ema = Ema(params, settings.ema_decay)
-    shares = (settings.generic_share, settings.round_share, settings.round_named)
+    words = dict(generic_share=settings.generic_share, round_share=settings.round_share,
+                 round_named=settings.round_named)  # fmt: skip
     cache: dict[str, torch.Tensor] = {}
     unet.train(not settings.freeze_unet), text_encoder.train()
     started, step = time.time(), 0
@@ -227,14 +230,14 @@ def train_unet(tokenizer, text_encoder, vae, unet, settings: PretrainSettings,
             log.info("unet stopped by --unet_seconds at step %d", step)
             break
         if pool is None:
-            pixels, captions = _batch(rng, settings.batch_size, templates, shares)
+            pixels, captions = _batch(rng, settings.batch_size, templates, words)
             with torch.no_grad():
                 dist = vae.encode(pixels.to(device)).latent_dist
             mean, std = dist.mean, dist.std
         else:
             index = torch.randint(len(pool.scenes), (settings.batch_size,), generator=gen,
                                   device=device)  # fmt: skip
-            captions = [caption(pool.scenes[i], rng, templates, *shares) for i in index.tolist()]
+            captions = [caption(pool.scenes[i], rng, templates, **words) for i in index.tolist()]
             mean, std = pool.mean[index], pool.std[index]
         captions = ["" if rng.random() < CAPTION_DROPOUT else c for c in captions]
         ids = torch.stack([_ids(tokenizer, c, cache) for c in captions]).to(device)

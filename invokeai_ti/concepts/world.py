@@ -50,11 +50,12 @@ class Scene:
     def subject(self, generic: bool = False, round_word: bool = False,
                 round_named: bool = False) -> str:  # fmt: skip
         """'red circle' or, for the unnamed ring (and `generic` named shapes), 'red shape';
-        `round_word` puts 'round' before a generic circle or ring ('round red shape')."""
-        described = round_word and self.shape in ROUND_SHAPES
-        if not generic and self.shape not in UNNAMED_SHAPES:
-            return f"{ROUND_WORD + ' ' if described and round_named else ''}{self.colour} {self.shape}"
-        return f"{ROUND_WORD + ' ' if described else ''}{self.colour} {GENERIC_SHAPE_WORD}"
+        `round_word` puts 'round' before a generic circle or ring ('round red shape'), and with
+        `round_named` before a named circle too ('round red circle')."""
+        named = not generic and self.shape not in UNNAMED_SHAPES
+        said_round = round_word and self.shape in ROUND_SHAPES and (round_named or not named)
+        word = self.shape if named else GENERIC_SHAPE_WORD
+        return f"{ROUND_WORD + ' ' if said_round else ''}{self.colour} {word}"
 
 
 def nearest_caption(concept: str, round_word: bool = False) -> str:
@@ -143,7 +144,8 @@ def caption(scene: Scene, rng: random.Random, templates: list[str],
             round_named: bool = False) -> str:  # fmt: skip
     """A pretraining caption: 'X on a Y background' in a random training template, one time in
     four without a template; named shapes are called 'shape' `generic_share` of the time, and a
-    round thing called 'shape' is said to be round `round_share` of the time."""
+    round thing called 'shape' (with `round_named`, any round thing) is said to be round
+    `round_share` of the time."""
     generic = scene.shape in NAMED_SHAPES and rng.random() < generic_share
     # No draw when round_share is 0: the shipped model's captions come from the same stream.
     round_word = round_share > 0 and rng.random() < round_share
