@@ -189,6 +189,8 @@ def test_pretraining_continues_from_a_saved_model_and_chains_its_record(tmp_path
     assert "--continue_from" in missing.stderr
     share = concepts_command("model", str(tmp_path / "m3"), "--pretrain", "--round_share", "2")
     assert share.returncode == 2 and share.stderr.count("\n") == 1 and "--round_share" in share.stderr
+    named = concepts_command("model", str(tmp_path / "m4"), "--pretrain", "--round_named")
+    assert named.returncode == 2 and named.stderr.count("\n") == 1 and "--round_named" in named.stderr
 
 
 def test_a_frozen_unet_continuation_trains_only_the_text_encoder(tmp_path):

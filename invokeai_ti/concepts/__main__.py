@@ -101,6 +101,9 @@ def _model(args: argparse.Namespace) -> None:
         settings.continue_from = str(args.continue_from)
     elif args.freeze_unet:
         raise UserError("--freeze_unet: a random UNet cannot stay frozen; give --continue_from.")
+    if args.round_named and not args.round_share:
+        raise UserError("--round_named says 'round' of named circles as often as --round_share "
+                        "says it of any; give --round_share above 0 with it.")  # fmt: skip
     for name in ("generic_share", "round_share"):
         if getattr(args, name) is not None and not 0 <= getattr(args, name) <= 1:
             raise UserError(f"--{name} {getattr(args, name)}: a share of captions, 0 to 1.")
