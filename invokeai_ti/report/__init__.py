@@ -1,2 +1,2 @@
 """What a run shows: progress lines and trackers (progress), validation grids (validation), the loss
-plot (plot) and the quality report (quality)."""
+plot (plot), the quality report (quality) and --dry_run's plan (plan)."""

@@ -15,7 +15,8 @@ from invokeai_ti.files import export, pipeline
 from invokeai_ti.files import lock as output_lock
 from invokeai_ti.invokeai.root import logging_path
 from invokeai_ti.report import plot, progress, validation
-from invokeai_ti.report.progress import ProgressReporter, RunResult, format_plan
+from invokeai_ti.report.plan import format_plan
+from invokeai_ti.report.progress import ProgressReporter, RunResult
 from invokeai_ti.train import evaluation, saving
 from invokeai_ti.train.run import Run
 from invokeai_ti.train.setup import setup
