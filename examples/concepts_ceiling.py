@@ -40,7 +40,9 @@ def rates(model: Path, samples: int, guidance: float) -> dict[str, dict[str, flo
     for concept in CONCEPTS:
         out[concept] = judged(concept, nearest_caption(concept, round_word=True))
         if not is_named(concept):  # the bare words too, the only caption the shipped model knows
-            out[f"{concept} ('{nearest_caption(concept)}')"] = judged(concept, nearest_caption(concept))
+            out[f"{concept} ('{nearest_caption(concept)}')"] = judged(
+                concept, nearest_caption(concept)
+            )
     return out
 
 

@@ -143,11 +143,19 @@ def table(rows: list[dict]) -> str:
                      f"{mean(name, 'edit', 'rate'):.2f} | "
                      f"{mean(name, 'learned', 'backgrounds', 'white'):.2f} | "
                      f"{mean(name, 'edit', 'backgrounds', 'white'):.2f} |")  # fmt: skip
-    lines += ["", "Per concept: recovery / edit to black / samples on white.", "",
-              "| concept | " + " | ".join(measured) + " |", "|---" * (1 + len(measured)) + "|"]
+    lines += [
+        "",
+        "Per concept: recovery / edit to black / samples on white.",
+        "",
+        "| concept | " + " | ".join(measured) + " |",
+        "|---" * (1 + len(measured)) + "|",
+    ]
     for r in rows:
-        cells = [f"{r[n]['learned']['rate']:.2f} / {r[n]['edit']['rate']:.2f} / "
-                 f"{r[n]['learned']['backgrounds']['white']:.2f}" for n in measured]
+        cells = [
+            f"{r[n]['learned']['rate']:.2f} / {r[n]['edit']['rate']:.2f} / "
+            f"{r[n]['learned']['backgrounds']['white']:.2f}"
+            for n in measured
+        ]
         lines.append(f"| {r['concept']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -62,7 +62,7 @@ def run_variant(name: str, extra: tuple[str, ...], args: argparse.Namespace, wor
               if line.startswith("{") and json.loads(line).get("event") == "step"]  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     vectors = torch.load(out / "learned_embeds.bin", weights_only=True)[TOKEN]
-    tail = [x for x in losses[-max(1, len(losses) // 10):] if x is not None]
+    tail = [x for x in losses[-max(1, len(losses) // 10) :] if x is not None]
     return {
         "name": name,
         "wall_s": wall,

@@ -77,8 +77,11 @@ def main() -> None:
     parser.add_argument("--num_images", type=int, default=4)
     parser.add_argument("--model_cache", type=Path,
                         default=Path(tempfile.gettempdir()) / "invokeai-ti-bench")  # fmt: skip
-    parser.add_argument("--baseline", action="store_true",
-                        help="also run with --evaluation_budget none (slow on a CPU: minutes)")
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also run with --evaluation_budget none (slow on a CPU: minutes)",
+    )
     parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
     args = parser.parse_args()
     model = ensure_model(args.model_cache)

@@ -164,7 +164,9 @@ class TrainingConfig:
                 raise UserError(f"--{name} holds a NUL character (\\x00), which no file name can: "
                                 "type the value again.")  # fmt: skip
         if not self.placeholder_token:
-            raise UserError("--placeholder_token is required: give the trigger term, e.g. '<my-cat>'.")
+            raise UserError(
+                "--placeholder_token is required: give the trigger term, e.g. '<my-cat>'."
+            )
         if problem := ranges.folder_name_problem(self.trigger):
             raise UserError(f"--placeholder_token: {problem}.")
         if any(c.isspace() for c in self.placeholder_token):
@@ -185,7 +187,10 @@ class TrainingConfig:
     def _validate_learning_options(self) -> None:
         _check_choice("--optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("--embedding_norm", self.embedding_norm, EMBEDDING_NORMS)
-        if self.optimizer == "schedulefree_adamw" and self.lr_scheduler not in SCHEDULE_FREE_SCHEDULERS:
+        if (
+            self.optimizer == "schedulefree_adamw"
+            and self.lr_scheduler not in SCHEDULE_FREE_SCHEDULERS
+        ):
             raise UserError(
                 f"--optimizer schedulefree_adamw replaces the decay of --lr_scheduler "
                 f"{self.lr_scheduler}: use --lr_scheduler constant or constant_with_warmup."
@@ -195,13 +200,17 @@ class TrainingConfig:
         if self.alpha_mask and self.mask_extension:
             raise UserError("--alpha_mask and --mask_extension both give a loss mask: use one.")
         if self.masked_prior_preservation_weight and not (self.alpha_mask or self.mask_extension):
-            raise UserError("--masked_prior_preservation_weight acts outside a loss mask: add "
-                            "--alpha_mask or --mask_extension, or leave it out.")
+            raise UserError(
+                "--masked_prior_preservation_weight acts outside a loss mask: add "
+                "--alpha_mask or --mask_extension, or leave it out."
+            )
 
     def _validate_buckets(self) -> None:
         step = self.bucket_reso_steps
         if step <= 0 or step % 8:
-            raise UserError(f"--bucket_reso_steps {step} must be a positive multiple of 8 (64 is usual).")
+            raise UserError(
+                f"--bucket_reso_steps {step} must be a positive multiple of 8 (64 is usual)."
+            )
         for flag, value in (("--min_bucket_reso", self.min_bucket_reso),
                             ("--max_bucket_reso", self.max_bucket_reso)):  # fmt: skip
             if value <= 0 or value % step:

@@ -69,12 +69,19 @@ def _real(low: float, high: float, why: str, **kw) -> Range:
 
 
 RANGES: dict[str, Range] = {
-    "resolution": Range(8, MAX_RESOLUTION, "the VAE works on multiples of 8, and larger sizes "
-                        "exhaust memory", multiple_of=8),  # fmt: skip
+    "resolution": Range(
+        8,
+        MAX_RESOLUTION,
+        "the VAE works on multiples of 8, and larger sizes exhaust memory",
+        multiple_of=8,
+    ),
     "repeats": _count("each epoch lists every image this many times", high=10_000),
     "dataloader_num_workers": _count("threads that decode images", low=0, high=256),
-    "num_vectors": _count(f"a prompt holds {TOKENIZER_LENGTH} tokens: start, end, the template's "
-                          f"{TEMPLATE_TOKENS} and the vectors", high=MAX_NUM_VECTORS),  # fmt: skip
+    "num_vectors": _count(
+        f"a prompt holds {TOKENIZER_LENGTH} tokens: start, end, the template's "
+        f"{TEMPLATE_TOKENS} and the vectors",
+        high=MAX_NUM_VECTORS,
+    ),
     "seed": _count("the range numpy's and torch's RNGs take", low=0, high=SEED_MAX, optional=True),
     "train_batch_size": _count("every image of a batch is in memory at once", high=4096),
     "num_train_epochs": _count(),
@@ -97,20 +104,25 @@ RANGES: dict[str, Range] = {
     "max_grad_norm": _real(0, FLOAT32_MAX, "0 turns clipping off"),
     "min_snr_gamma": _real(0, FLOAT32_MAX, "0 turns the weighting off; 5 is usual"),
     "noise_offset": _real(0, 1, "0 turns it off; 0.05-0.1 is usual"),
-    "keep_tokens": _count("tags --shuffle_caption keeps at the start of a caption", low=0,
-                          high=TOKENIZER_LENGTH),  # fmt: skip
+    "keep_tokens": _count(
+        "tags --shuffle_caption keeps at the start of a caption", low=0, high=TOKENIZER_LENGTH
+    ),
     "caption_dropout_rate": _real(0, 1, "the share of samples trained without their caption"),
-    "masked_prior_preservation_weight": _real(0, FLOAT32_MAX, "0 turns it off; 1 weighs the "
-                                              "background's mean error as the subject's"),
+    "masked_prior_preservation_weight": _real(
+        0, FLOAT32_MAX, "0 turns it off; 1 weighs the background's mean error as the subject's"
+    ),
     "min_bucket_reso": _count("a bucket side in pixels", high=MAX_RESOLUTION),
     "max_bucket_reso": _count("a bucket side in pixels", high=MAX_RESOLUTION),
-    "bucket_reso_steps": _count("bucket sides are multiples of it", low=8, high=MAX_RESOLUTION,
-                                multiple_of=8),  # fmt: skip
-    "validation_loss_draws": _count("draws per image; 0 turns the validation loss off", low=0,
-                                    high=1024),  # fmt: skip
+    "bucket_reso_steps": _count(
+        "bucket sides are multiples of it", low=8, high=MAX_RESOLUTION, multiple_of=8
+    ),
+    "validation_loss_draws": _count(
+        "draws per image; 0 turns the validation loss off", low=0, high=1024
+    ),
     "early_stop_patience": _count("validations without a new best; 0 turns it off", low=0),
-    "evaluation_budget": _real(0, 1e6, "a fraction of the training time, or 'none' for no limit",
-                               optional=True),  # fmt: skip
+    "evaluation_budget": _real(
+        0, 1e6, "a fraction of the training time, or 'none' for no limit", optional=True
+    ),
 }
 
 

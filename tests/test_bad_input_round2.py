@@ -71,8 +71,10 @@ def test_a_learning_rate_scaled_past_float32_is_refused(root):
     vectors infinite on the first update."""
     result = run_subprocess("--root_dir", root, "--placeholder_token", TRIGGER, *FAST,
                             "--learning_rate=1e38", "--dry_run")  # fmt: skip
-    assert ("--learning_rate 1e+38 scaled by --scale_lr (x2) is 2e+38, more than float32 holds "
-            "(1e+38): lower --learning_rate or pass --no-scale_lr.") in one_error_line(result)
+    assert (
+        "--learning_rate 1e+38 scaled by --scale_lr (x2) is 2e+38, more than float32 holds "
+        "(1e+38): lower --learning_rate or pass --no-scale_lr."
+    ) in one_error_line(result)
 
 
 def test_every_numeric_flag_takes_its_type_and_range_from_the_table():
@@ -175,7 +177,11 @@ def _all_finite(path: Path) -> bool:
     import torch
     from safetensors.torch import load_file
 
-    data = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
+    data = (
+        load_file(str(path))
+        if path.suffix == ".safetensors"
+        else torch.load(path, weights_only=True)
+    )
     tensors = [v for v in data.values() if torch.is_tensor(v)] if isinstance(data, dict) else [data]
     for value in data.values() if isinstance(data, dict) else []:
         if isinstance(value, dict):

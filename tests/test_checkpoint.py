@@ -277,8 +277,10 @@ def test_checkpoint_size_does_not_grow_with_the_model(cli, root, tmp_path, tiny_
     sd15 = folder_size(ckpt.save_checkpoint(tmp_path / "sd15", _adamw_state(768)))
     sdxl = folder_size(ckpt.save_checkpoint(tmp_path / "sdxl", _adamw_state(1280, 8)))
     assert sd15 < 256 * 1024 and sdxl < 512 * 1024, (sd15, sdxl)
-    print(f"checkpoint size: tiny run {tiny} B, SD1.5-shaped (3000 steps) {sd15} B, "
-          f"SDXL clip_g-shaped 8 vectors {sdxl} B")
+    print(
+        f"checkpoint size: tiny run {tiny} B, SD1.5-shaped (3000 steps) {sd15} B, "
+        f"SDXL clip_g-shaped 8 vectors {sdxl} B"
+    )
 
 
 def test_written_files_get_the_umask_mode_not_0600(tmp_path):
@@ -361,7 +363,8 @@ def test_ctrl_c_before_the_first_step_exits_130_at_once(root, tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == (
-        "invokeai-ti: interrupted before the first optimizer step: nothing to save.")
+        "invokeai-ti: interrupted before the first optimizer step: nothing to save."
+    )
     assert "Traceback" not in err and not ckpt.list_checkpoints(tmp_path / "out")
 
 
@@ -381,8 +384,15 @@ def test_sigterm_saves_the_current_step_and_second_ctrl_c_aborts(root, tmp_path)
     # Two Ctrl-C: the first asks for a save at the end of the step, the second aborts at once.
     # A tiny step and its save can finish within the 50 ms between them, so the save is slowed
     # down: the second signal must land while the run is still going.
-    proc = start(root, out, "--max_train_steps", "200", "--resume_from_checkpoint", "latest",
-                 env=slow_saves(1.0))
+    proc = start(
+        root,
+        out,
+        "--max_train_steps",
+        "200",
+        "--resume_from_checkpoint",
+        "latest",
+        env=slow_saves(1.0),
+    )
     wait_for(proc.stdout, f"step {step + 1}/200")
     proc.send_signal(signal.SIGINT)
     time.sleep(0.05)
@@ -419,7 +429,9 @@ def test_sigkill_at_random_moments_resumes_to_the_same_embedding(root, tmp_path)
         else:  # a random moment of the first two new steps (so 10 kills fit in the run)
             wait_for(proc.stdout, f"step {start_step + 1}/")
             deadline = time.monotonic() + rng.uniform(0, 1.5)
-            while time.monotonic() < deadline and not (out / f"checkpoint-{start_step + 2}").exists():
+            while (
+                time.monotonic() < deadline and not (out / f"checkpoint-{start_step + 2}").exists()
+            ):
                 time.sleep(0.005)
         proc.kill()
         proc.communicate()

@@ -45,7 +45,11 @@ def test_defaults_are_23s():
 
 def test_every_boolean_has_an_off_switch():
     config, _ = parse_config(["--no-scale_lr", "--no-copy", "--no-cache_latents", "--center_crop"])
-    assert (config.scale_lr, config.copy_to_embeddings, config.cache_latents) == (False, False, False)
+    assert (config.scale_lr, config.copy_to_embeddings, config.cache_latents) == (
+        False,
+        False,
+        False,
+    )
     assert config.center_crop is True
     assert parse_config(["--no-center_crop"])[0].center_crop is False
 
@@ -53,9 +57,13 @@ def test_every_boolean_has_an_off_switch():
 def test_resume_latest_is_resolved_in_the_parser(tmp_path):
     # 2.3 parsed this as a Path and compared it with "latest": latest never worked from the CLI.
     assert parse_config(["--resume_from_checkpoint=latest"])[0].resume_from_checkpoint == "latest"
-    assert parse_config(["--resume_from_checkpoint", "LATEST"])[0].resume_from_checkpoint == "latest"
+    assert (
+        parse_config(["--resume_from_checkpoint", "LATEST"])[0].resume_from_checkpoint == "latest"
+    )
     folder = tmp_path / "checkpoint-10"
-    assert parse_config([f"--resume_from_checkpoint={folder}"])[0].resume_from_checkpoint == str(folder)
+    assert parse_config([f"--resume_from_checkpoint={folder}"])[0].resume_from_checkpoint == str(
+        folder
+    )
 
 
 def test_aliases_fill_the_same_fields(tmp_path):

@@ -87,7 +87,9 @@ def test_default_captions_are_the_shipped_models_stream():
         generic = scene.shape != "ring" and theirs.random() < 1 / 3
         word = "shape" if generic or scene.shape == "ring" else scene.shape
         text = f"{scene.colour} {word} on a {scene.background} background"
-        expected = f"a {text}" if theirs.random() < 0.25 else theirs.choice(OBJECT_TEMPLATES).format(text)
+        expected = (
+            f"a {text}" if theirs.random() < 0.25 else theirs.choice(OBJECT_TEMPLATES).format(text)
+        )
         assert caption(scene, ours, OBJECT_TEMPLATES) == expected
 
 
@@ -188,9 +190,13 @@ def test_pretraining_continues_from_a_saved_model_and_chains_its_record(tmp_path
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
     assert "--continue_from" in missing.stderr
     share = concepts_command("model", str(tmp_path / "m3"), "--pretrain", "--round_share", "2")
-    assert share.returncode == 2 and share.stderr.count("\n") == 1 and "--round_share" in share.stderr
+    assert (
+        share.returncode == 2 and share.stderr.count("\n") == 1 and "--round_share" in share.stderr
+    )
     named = concepts_command("model", str(tmp_path / "m4"), "--pretrain", "--round_named")
-    assert named.returncode == 2 and named.stderr.count("\n") == 1 and "--round_named" in named.stderr
+    assert (
+        named.returncode == 2 and named.stderr.count("\n") == 1 and "--round_named" in named.stderr
+    )
 
 
 def test_a_frozen_unet_continuation_trains_only_the_text_encoder(tmp_path):
@@ -211,7 +217,9 @@ def test_a_frozen_unet_continuation_trains_only_the_text_encoder(tmp_path):
     assert record["reproduce"].endswith("--round_share 0.5 --freeze_unet --continue_from "
                                         f"DIR{len(record['continued'])}")  # fmt: skip
     alone = concepts_command("model", str(tmp_path / "m2"), "--pretrain", "--freeze_unet")
-    assert alone.returncode == 2 and alone.stderr.count("\n") == 1 and "--freeze_unet" in alone.stderr
+    assert (
+        alone.returncode == 2 and alone.stderr.count("\n") == 1 and "--freeze_unet" in alone.stderr
+    )
 
 
 def test_pretraining_on_a_missing_gpu_is_one_line():
@@ -359,12 +367,19 @@ def test_report_says_what_a_missing_token_draws_instead():
 
     row = {"named": True, "caption": 1.0, "initializer": 0.0, "caption_edit": 1.0,
            "learned_edit": 1.0, "recovery_bar": 0.9}  # fmt: skip
-    rows = [{**row, "concept": "red-circle", "learned": 0.19,
-             "learned_draws": {"red-ring": 0.72, "red-circle": 0.19, "none": 0.09}},
-            {**row, "concept": "red-square", "learned": 1.0, "learned_draws": {"red-square": 1.0}},
-            {**row, "concept": "blue-square", "learned": 0.5}]  # rows before the field: skipped
-    assert misses({"rows": rows}) == ("- red-circle: the token draws red-ring 0.72, "
-                                      "red-circle 0.19, none 0.09")
+    rows = [
+        {
+            **row,
+            "concept": "red-circle",
+            "learned": 0.19,
+            "learned_draws": {"red-ring": 0.72, "red-circle": 0.19, "none": 0.09},
+        },
+        {**row, "concept": "red-square", "learned": 1.0, "learned_draws": {"red-square": 1.0}},
+        {**row, "concept": "blue-square", "learned": 0.5},
+    ]  # rows before the field: skipped
+    assert misses({"rows": rows}) == (
+        "- red-circle: the token draws red-ring 0.72, red-circle 0.19, none 0.09"
+    )
 
 
 @pytest.mark.parametrize("captions", [True, False])
@@ -386,13 +401,15 @@ def test_experiment_captions_name_each_training_pictures_background(tmp_path, ca
     pictures_only = pictures_alone(images)
     rendered = load_images(images)
     assert [judge_image(pixels).background for _, pixels in rendered] == ["white", "gray"] * 2 + [
-        "white"]
+        "white"
+    ]
     assert sorted(p.name for p in pictures_only.iterdir()) == sorted(p.name for p, _ in rendered)
     captions_written = sorted(images.glob("*.txt"))
     command = our_command(settings, images, tmp_path / "run", 10)
     if captions:
         assert [p.read_text() for p in captions_written] == [
-            f"on a {judge_image(pixels).background} background\n" for _, pixels in rendered]
+            f"on a {judge_image(pixels).background} background\n" for _, pixels in rendered
+        ]
         assert command[command.index("--caption_extension") + 1] == ".txt"
         templates = Path(command[command.index("--template_file") + 1]).read_text().splitlines()
         assert templates[0] == "a photo of a {} [filewords]" and len(templates) > 20
@@ -413,7 +430,8 @@ def test_experiment_train_background_any_draws_a_background_per_picture(tmp_path
     drawn = [judge_image(pixels).background for _, pixels in load_images(tmp_path / "images")]
     assert len(drawn) == 5 and set(drawn) <= set(BACKGROUNDS) and len(set(drawn)) > 1
     assert [p.read_text() for p in sorted((tmp_path / "images").glob("*.txt"))] == [
-        f"on a {b} background\n" for b in drawn]
+        f"on a {b} background\n" for b in drawn
+    ]
 
 
 def test_experiment_judges_every_vector_of_a_multi_vector_token(tmp_path, shipped_pipeline):

@@ -39,7 +39,9 @@ def test_the_budget_prices_jobs_from_the_training_steps_then_from_their_own_time
     assert EvaluationBudget(None, 1, 1).fits("grid", 10**9)  # 'none': no limit, even untimed
 
 
-def scheduled_run(fraction, steps, step_seconds, grid_seconds, report_seconds_per_draw, monkeypatch):
+def scheduled_run(
+    fraction, steps, step_seconds, grid_seconds, report_seconds_per_draw, monkeypatch
+):
     """A stand-in Run whose jobs spend their price on the budget, to test the policy alone."""
     config = SimpleNamespace(evaluation_budget=fraction, train_batch_size=1,
                              gradient_accumulation_steps=1, num_validation_images=4,
@@ -111,7 +113,9 @@ def test_a_short_cli_run_skips_what_does_not_fit_and_reports_its_seconds(root, c
     assert any(line.startswith("Skipped to keep grids and the report") for line in final["summary"])
 
 
-def test_a_deferred_step0_grid_is_the_same_picture_and_leaves_training_unchanged(root, cli, tmp_path):
+def test_a_deferred_step0_grid_is_the_same_picture_and_leaves_training_unchanged(
+    root, cli, tmp_path
+):
     """With a budget the step-0 grid waits for a timed step and is drawn from the initializer's
     vectors then: the same pixels as drawn at once, and the same learned vectors."""
     at_once = cli(*train_flags(root, tmp_path / "a", "--evaluation_budget", "none"))

@@ -455,7 +455,9 @@ def every_field_changed() -> TrainingConfig:
             values[f.name] = Path("/tmp/somewhere") / f.name
         elif f.name in ranges.RANGES:  # another value its range accepts
             r = ranges.RANGES[f.name]
-            values[f.name] = (default or 0) + 3 * r.multiple_of if r.integer else (default + r.low) / 2
+            values[f.name] = (
+                (default or 0) + 3 * r.multiple_of if r.integer else (default + r.low) / 2
+            )
         elif isinstance(default, float):
             values[f.name] = default * 3 + 0.125
         elif isinstance(default, int) or "int" in str(f.type):
@@ -504,9 +506,7 @@ def test_gui_trains_the_tiny_model_and_installs_the_embedding(root, monkeypatch,
     monkeypatch.setattr(TrainingForm, "run", lambda self: real_run(
         self, headless=True, size=SIZE, auto_pilot=fill_and_start))  # fmt: skip
     monkeypatch.setattr("invokeai_ti.front.gui.app.has_terminal", lambda: True)
-    monkeypatch.setattr(
-        loop, "train", lambda config: real_train(trained.append(config) or config)
-    )
+    monkeypatch.setattr(loop, "train", lambda config: real_train(trained.append(config) or config))
     flags = ["--seed", "0", "--repeats", "1", "--report_to", "none", "--log_format", "plain"]
     code = main(["--gui", "--root_dir", str(root), *flags])
     out = capsys.readouterr().out

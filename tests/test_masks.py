@@ -145,8 +145,10 @@ def test_a_masked_run_trains_and_the_plan_says_so(cli, root, tmp_path):
     assert plan.code == 0, plan.err
     assert "Loss masks: alpha channels of 4 images, mean weight 0.68." in plan.out
     held = cli(*base, "--masked_prior_preservation_weight", "0.5", "--dry_run")
-    assert ("Loss masks: alpha channels of 4 images, mean weight 0.68; outside them the "
-            "prediction is held to the initializer's, weight 0.5.") in held.out, held.err
+    assert (
+        "Loss masks: alpha channels of 4 images, mean weight 0.68; outside them the "
+        "prediction is held to the initializer's, weight 0.5."
+    ) in held.out, held.err
     result = cli(*base, "--output_dir", tmp_path / "out")
     assert result.code == 0 and "Trained 4 steps" in result.out, result.err
 
@@ -169,9 +171,13 @@ def test_masked_prior_preservation_pulls_only_outside_the_mask_toward_the_initia
     assert prior.weight == 2.0
     c, source = run.components, run.latent_source
     g = torch.Generator().manual_seed(3)
-    x0 = source.draw(torch.tensor([0, 1]), torch.tensor([0, 1]), torch.randn((2, 4, 8, 8), generator=g))
+    x0 = source.draw(
+        torch.tensor([0, 1]), torch.tensor([0, 1]), torch.randn((2, 4, 8, 8), generator=g)
+    )
     noise, t = torch.randn((2, 4, 8, 8), generator=g), torch.tensor([500, 900])
-    ids = run.prompts.token_ids([run.prompts.text(0, 0), run.prompts.text(1, 2)], c.tokenizers, c.device)
+    ids = run.prompts.token_ids(
+        [run.prompts.text(0, 0), run.prompts.text(1, 2)], c.tokenizers, c.device
+    )
     weights = source.weights(torch.tensor([0, 1]), torch.tensor([0, 1]))
     with torch.no_grad():
         masked = objective(c, x0, noise, t, ids, None, weights)
@@ -186,7 +192,8 @@ def test_masked_prior_preservation_pulls_only_outside_the_mask_toward_the_initia
         with quality.holding(run.placeholders, run.initial_vectors):
             start_pred, _ = prediction_and_target(c, x0, noise, t, ids, None)
     distance = ((moved_pred - start_pred).pow(2) * outside).sum(dim=(1, 2, 3)) / (
-        outside.sum(dim=(1, 2, 3)) * 4)
+        outside.sum(dim=(1, 2, 3)) * 4
+    )
     assert bool((distance > 0).all())
     assert torch.allclose(pulled, moved_masked + 2 * distance, rtol=1e-5)
     assert torch.equal(run.placeholders[0].detached(), moved)  # the vectors came back bit for bit
@@ -194,7 +201,10 @@ def test_masked_prior_preservation_pulls_only_outside_the_mask_toward_the_initia
     with torch.no_grad():
         loss = training_step.train_step(run, samples, torch.Generator().manual_seed(7))
         g = torch.Generator().manual_seed(7)
-        latent_noise, noise = torch.randn((2, 4, 8, 8), generator=g), torch.randn((2, 4, 8, 8), generator=g)
+        latent_noise, noise = (
+            torch.randn((2, 4, 8, 8), generator=g),
+            torch.randn((2, 4, 8, 8), generator=g),
+        )
         draws = quality.Draws(torch.tensor([1, 2]), torch.tensor([1, 0]), torch.tensor([3, 5]),
                               latent_noise, noise, torch.randint(0, 1000, (2,), generator=g))  # fmt: skip
         report_loss = quality.denoising_loss(c, source, run.prompts, None, draws, 2, prior=prior)

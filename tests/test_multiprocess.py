@@ -31,7 +31,9 @@ def _launch(num_processes: int, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_two_processes_train_one_embedding_like_one_process_with_twice_the_batch(cli, root, tmp_path):
+def test_two_processes_train_one_embedding_like_one_process_with_twice_the_batch(
+    cli, root, tmp_path
+):
     common = ["--root_dir", str(root), "--placeholder_token", "<psychedelic>", *TINY_FLAGS,
               "--no-copy", "--checkpointing_steps", "2", "--evaluation_budget", "none"]  # fmt: skip
     two = _launch(2, *common, "--train_batch_size", "1", "--output_dir", str(tmp_path / "two"))
@@ -49,8 +51,12 @@ def test_two_processes_train_one_embedding_like_one_process_with_twice_the_batch
         "step-0.png", "step-4.png"]  # fmt: skip
     one = cli(*common, "--train_batch_size", "2", "--output_dir", tmp_path / "one")
     assert one.code == 0, one.err
-    learned_two = torch.load(tmp_path / "two/learned_embeds.bin", weights_only=True)["<psychedelic>"]
-    learned_one = torch.load(tmp_path / "one/learned_embeds.bin", weights_only=True)["<psychedelic>"]
+    learned_two = torch.load(tmp_path / "two/learned_embeds.bin", weights_only=True)[
+        "<psychedelic>"
+    ]
+    learned_one = torch.load(tmp_path / "one/learned_embeds.bin", weights_only=True)[
+        "<psychedelic>"
+    ]
     assert torch.allclose(learned_two, learned_one, atol=1e-6)
 
     # The checkpoint belongs to 2 processes: resuming it with 1 is refused, naming the difference.

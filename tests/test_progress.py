@@ -98,7 +98,9 @@ def test_tensorboard_logs_loss_lr_norm_rate_and_grids(root, cli, tmp_path):
     assert [e.value for e in scalars["train/lr"]] == pytest.approx([1e-2] * 4)
     assert all(e.value > 0 for e in scalars["train/steps_per_s"])
     vector = torch.load(out / "learned_embeds.bin", weights_only=True)["<psychedelic>"]
-    assert scalars["train/embedding_norm"][-1].value == pytest.approx(vector.norm().item(), rel=1e-5)
+    assert scalars["train/embedding_norm"][-1].value == pytest.approx(
+        vector.norm().item(), rel=1e-5
+    )
     step2 = torch.load(out / "learned_embeds-steps-2.bin", weights_only=True)["<psychedelic>"]
     assert scalars["train/embedding_norm"][1].value == pytest.approx(step2.norm().item(), rel=1e-5)
     report = json.loads((out / "report.json").read_text())
@@ -112,7 +114,9 @@ def test_tensorboard_logs_loss_lr_norm_rate_and_grids(root, cli, tmp_path):
 
 
 def test_report_to_none_writes_no_logs(root, cli, tmp_path):
-    result = cli(*train_flags(root, tmp_path / "out", "--report_to", "none", "--validation_steps", "0"))
+    result = cli(
+        *train_flags(root, tmp_path / "out", "--report_to", "none", "--validation_steps", "0")
+    )
     assert result.code == 0, result.err
     assert not (tmp_path / "out" / "logs").exists()
 

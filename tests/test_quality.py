@@ -44,7 +44,9 @@ def test_learned_embedding_beats_the_initializer_on_held_out_draws(root, cli, tm
     assert float(before) == round(report["loss_initializer"], 3)
     assert float(after) == round(report["loss_learned"], 3)
     assert int(percent) == round(report["change_percent"])
-    assert report["step"] == 12 and report["num_images"] == 4 and report["seed"] == quality.EVAL_SEED
+    assert (
+        report["step"] == 12 and report["num_images"] == 4 and report["seed"] == quality.EVAL_SEED
+    )
     assert report["num_draws"] == 4 * quality.DRAWS_PER_IMAGE
 
     # Draws from other seeds than the report's and the training generators': still better.
@@ -95,7 +97,10 @@ def test_report_loss_is_the_training_loss(family, request, root, tmp_path):
         expected = training_step.train_step(run, samples, torch.Generator().manual_seed(7)).item()
     g = torch.Generator().manual_seed(7)  # the draws in train_step's order
     shape = run.latent_source.latent_shape
-    latent_noise, noise = torch.randn((2, *shape), generator=g), torch.randn((2, *shape), generator=g)
+    latent_noise, noise = (
+        torch.randn((2, *shape), generator=g),
+        torch.randn((2, *shape), generator=g),
+    )
     draws = quality.Draws(
         image_index=torch.tensor([1, 2]), flipped=torch.tensor([1, 0]),
         template_index=torch.tensor([3, 5]), latent_noise=latent_noise, noise=noise,
@@ -150,9 +155,13 @@ def test_ten_in_a_row_stop_with_the_last_good_embedding(root, cli, tmp_path, mon
     error = result.err.strip().splitlines()[-1]
     assert error.startswith("invokeai-ti: error: the loss was not finite for 10 steps in a row "
                             "(step 13, 10 skipped in all).")  # fmt: skip
-    assert "--mixed_precision bf16, or no (fp32)" in error and str(out / "learned_embeds.bin") in error
+    assert (
+        "--mixed_precision bf16, or no (fp32)" in error and str(out / "learned_embeds.bin") in error
+    )
     # Step 3 was the last finite loss; it was computed with the vector saved after step 2.
-    assert torch.equal(vector(out / "learned_embeds.bin"), vector(out / "learned_embeds-steps-2.bin"))
+    assert torch.equal(
+        vector(out / "learned_embeds.bin"), vector(out / "learned_embeds-steps-2.bin")
+    )
     assert not torch.equal(vector(out / "learned_embeds.bin"),
                            vector(out / "learned_embeds-steps-3.bin"))  # fmt: skip
     state = json.loads((out / "checkpoint-13" / "state.json").read_text())

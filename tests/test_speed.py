@@ -99,8 +99,11 @@ def test_gradient_checkpointing_gives_the_same_gradient(root, monkeypatch):
     for run in (plain, checkpointed):
         c = run.components
         # Inside the first checkpointed layers whose input depends on the vectors.
-        encoder_mlp = next(module for name, module in c.text_encoders[0].named_modules()
-                           if name.endswith("encoder.layers.0.mlp"))  # transformers 4 and 5 names
+        encoder_mlp = next(
+            module
+            for name, module in c.text_encoders[0].named_modules()
+            if name.endswith("encoder.layers.0.mlp")
+        )  # transformers 4 and 5 names
         cross_attention = c.unet.down_blocks[0].attentions[0].transformer_blocks[0]
         counts = [0, 0]
         with monkeypatch.context() as patch:

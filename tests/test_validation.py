@@ -38,7 +38,10 @@ def test_grids_at_validation_steps_from_a_fixed_seed(root, tiny_sd1, cli, tmp_pa
     grids = sorted(p.name for p in (out / "validation").iterdir())  # step-900 of the old run: gone
     # step 0 (the initializer alone), every --save_steps (the default), and the last step
     assert grids == ["step-0.png", "step-2.png", "step-4.png"]
-    first, last = pixels(out / "validation" / "step-0.png"), pixels(out / "validation" / "step-4.png")
+    first, last = (
+        pixels(out / "validation" / "step-0.png"),
+        pixels(out / "validation" / "step-4.png"),
+    )
     assert first.shape == (128, 128, 3)  # 3 images of 64 px in a 2 x 2 grid
     assert np.abs(first[64:, 64:]).max() == 0  # the unused fourth cell stays black
     assert np.abs(first - last).mean() > 0.5  # the learned vector changes what is drawn
@@ -100,7 +103,10 @@ def test_sdxl_grids_and_report(root, tiny_sdxl, cli, tmp_path):
     assert result.code == 0, result.err
     assert sorted(p.name for p in (out / "validation").iterdir()) == [
         "step-0.png", "step-1.png", "step-2.png"]  # fmt: skip
-    first, last = pixels(out / "validation" / "step-0.png"), pixels(out / "validation" / "step-2.png")
+    first, last = (
+        pixels(out / "validation" / "step-0.png"),
+        pixels(out / "validation" / "step-2.png"),
+    )
     assert first.shape == (64, 128, 3) and np.abs(first - last).mean() > 0.5
     import json
 

@@ -85,12 +85,22 @@ def test_early_stop_after_patience_validations_without_a_new_best(root, cli, tmp
     result = cli(*train_flags(root, out, "--max_train_steps", "20", "--early_stop_patience", "2",
                               "--save_best", "--no-quality_report"))  # fmt: skip
     assert result.code == 0, result.err
-    assert "Early stop at step 6: 2 validation(s) without a new best (best 1.0000 at step 2" in result.out
+    assert (
+        "Early stop at step 6: 2 validation(s) without a new best (best 1.0000 at step 2"
+        in result.out
+    )
     assert "Trained 6 steps" in result.out
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6"]
-    assert state(out, 6)["progress"]["validation_losses"] == [[0, 0.9], [2, 1.0], [4, 1.1], [6, 1.2]]
+    assert state(out, 6)["progress"]["validation_losses"] == [
+        [0, 0.9],
+        [2, 1.0],
+        [4, 1.1],
+        [6, 1.2],
+    ]
     best = torch.load(out / "learned_embeds-best.bin", weights_only=True)[TOKEN]
-    assert torch.equal(best, torch.load(out / "learned_embeds-steps-2.bin", weights_only=True)[TOKEN])
+    assert torch.equal(
+        best, torch.load(out / "learned_embeds-steps-2.bin", weights_only=True)[TOKEN]
+    )
 
 
 def test_the_validation_loss_is_off_with_zero_draws(root, cli, tmp_path):

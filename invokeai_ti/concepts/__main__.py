@@ -69,7 +69,11 @@ def _list() -> None:
     from invokeai_ti.concepts.world import CONCEPTS, is_named, nearest_caption
 
     for concept in CONCEPTS:
-        note = "" if is_named(concept) else f"  (unnamed: captions call it '{nearest_caption(concept)}')"
+        note = (
+            ""
+            if is_named(concept)
+            else f"  (unnamed: captions call it '{nearest_caption(concept)}')"
+        )
         print(concept + note)
 
 

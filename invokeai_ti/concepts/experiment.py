@@ -119,12 +119,23 @@ def run_from_args(args: argparse.Namespace) -> list[Path]:
             raise UserError("--peer_script needs --peer_launcher (peer_launch.py).")
         peer = PeerSettings(args.peer_script, args.peer_launcher, args.peer_pythonpath)
     settings = ExperimentSettings(
-        args.concept, args.model, args.out, steps=args.steps, save_steps=args.save_steps,
-        learning_rate=args.learning_rate, lr_scheduler=args.lr_scheduler,
-        batch_size=args.batch_size, num_samples=args.num_samples, seed=args.seed,
+        args.concept,
+        args.model,
+        args.out,
+        steps=args.steps,
+        save_steps=args.save_steps,
+        learning_rate=args.learning_rate,
+        lr_scheduler=args.lr_scheduler,
+        batch_size=args.batch_size,
+        num_samples=args.num_samples,
+        seed=args.seed,
         initializer=args.initializer,
-        train_background=args.train_background, edit_background=args.edit_background,
-        captions=args.captions, peer=peer, extra_flags=args.extra_flags)
+        train_background=args.train_background,
+        edit_background=args.edit_background,
+        captions=args.captions,
+        peer=peer,
+        extra_flags=args.extra_flags,
+    )
     results = run_experiment(settings)
     from invokeai_ti.concepts.report import write_report
 

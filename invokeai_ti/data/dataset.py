@@ -61,7 +61,9 @@ class TrainingImages:
     pixels: torch.Tensor | list[torch.Tensor]
     skipped: list[tuple[Path, str]]
     sizes: list[tuple[int, int]] = field(default_factory=list)  # (height, width) as decoded: SDXL
-    masks: torch.Tensor | list[torch.Tensor] | None = None  # [N, 2, 1, H, W] loss weights (masks.py)
+    masks: torch.Tensor | list[torch.Tensor] | None = (
+        None  # [N, 2, 1, H, W] loss weights (masks.py)
+    )
     fits: list[buckets.Fit] | None = None  # each image's bucket, with --enable_bucket
 
     @property
@@ -130,7 +132,9 @@ def decode_image(path: Path, resolution: int):
                 opened.load()
                 image = ImageOps.exif_transpose(opened)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ValueError(f"too large (over {Image.MAX_IMAGE_PIXELS:,} pixels): scale it down") from None
+        raise ValueError(
+            f"too large (over {Image.MAX_IMAGE_PIXELS:,} pixels): scale it down"
+        ) from None
     except (OSError, SyntaxError) as exc:
         raise ValueError(f"not a readable image ({str(exc).splitlines()[0][:80]})") from exc
     image = _to_rgb(image)
@@ -187,8 +191,12 @@ def to_bucket_pixels(image, fit: buckets.Fit) -> torch.Tensor:
 
 
 def load_training_images(
-    data_dir: Path, resolution: int, center_crop: bool, num_workers: int = 0,
-    mask_extension: str | None = None, bucket_sizes: list[tuple[int, int]] | None = None,
+    data_dir: Path,
+    resolution: int,
+    center_crop: bool,
+    num_workers: int = 0,
+    mask_extension: str | None = None,
+    bucket_sizes: list[tuple[int, int]] | None = None,
 ) -> TrainingImages:
     """Decode every image; unreadable ones are skipped with a warning, none left is an error.
     With `bucket_sizes` each image goes to the bucket closest to its aspect."""
@@ -243,8 +251,13 @@ class Sample:
 
 
 def epoch_samples(
-    num_images: int, repeats: int, num_templates: int, seed: int, epoch: int,
-    bucket_of: list[int] | None = None, global_batch: int = 1,
+    num_images: int,
+    repeats: int,
+    num_templates: int,
+    seed: int,
+    epoch: int,
+    bucket_of: list[int] | None = None,
+    global_batch: int = 1,
 ) -> list[Sample | None]:
     """The shuffled samples of one epoch: a pure function of (seed, epoch), so resume needs only
     the epoch and the position in it, not a pickled sampler. With buckets (`bucket_of`: each
@@ -256,7 +269,9 @@ def epoch_samples(
     templates = torch.randint(0, num_templates, (length,), generator=generator).tolist()
     # Drawn last, so the order, flips and templates are those of runs before captions existed.
     seeds = torch.randint(0, 2**31, (length,), generator=generator).tolist()
-    samples = [Sample(i % num_images, f, t, s) for i, f, t, s in zip(order, flips, templates, seeds)]
+    samples = [
+        Sample(i % num_images, f, t, s) for i, f, t, s in zip(order, flips, templates, seeds)
+    ]
     if bucket_of is None:
         return samples
     return by_bucket(samples, bucket_of, global_batch, generator)

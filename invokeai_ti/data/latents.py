@@ -81,7 +81,10 @@ def vae_scaling_factor(vae: torch.nn.Module) -> float:
 
 
 def build_latent_source(
-    vae: torch.nn.Module, pixels: torch.Tensor, cache: bool, batch_size: int = 1,
+    vae: torch.nn.Module,
+    pixels: torch.Tensor,
+    cache: bool,
+    batch_size: int = 1,
     masks: torch.Tensor | None = None,
 ) -> LatentSource:
     """Encode all images (both flips) once when caching; otherwise keep the VAE for every step.
@@ -91,7 +94,9 @@ def build_latent_source(
     scaling = vae_scaling_factor(vae)
     device = next(vae.parameters()).device
     if not cache:
-        return _with_masks(LatentSource(scaling_factor=scaling, vae=vae, pixels=pixels), masks, device)
+        return _with_masks(
+            LatentSource(scaling_factor=scaling, vae=vae, pixels=pixels), masks, device
+        )
     if isinstance(pixels, list):  # buckets: each image's two flips encoded together
         encoded = [_encode_all(vae, p[None], batch_size) for p in pixels]
         source = LatentSource(scaling_factor=scaling, mean=[m[0].to(device) for m, _ in encoded],

@@ -48,7 +48,9 @@ def read_mask(image_path: Path, alpha: bool, extension: str | None):
     return mask if mask.size == size else mask.resize(size, resample=Image.Resampling.BILINEAR)
 
 
-def to_mask_tensor(mask, resolution: int, center_crop: bool, fit: Fit | None = None) -> torch.Tensor:
+def to_mask_tensor(
+    mask, resolution: int, center_crop: bool, fit: Fit | None = None
+) -> torch.Tensor:
     """[2, 1, H, W] in [0, 1] (plain, flipped): the geometry of dataset.to_pixels, or of
     dataset.to_bucket_pixels with a bucket's `fit`."""
     from PIL import Image

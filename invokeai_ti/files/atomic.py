@@ -92,7 +92,9 @@ def refuse_nonfinite(path: Path, obj: Any) -> None:
         )
 
 
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:
+def save_tensors(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None
+) -> Path:
     from safetensors.torch import save_file
 
     refuse_nonfinite(path, tensors)
@@ -147,7 +149,6 @@ def remove_temp_files(folder: Path) -> list[Path]:
     if stale:
         log.info("Removed %d unfinished file(s) of an interrupted save in %s.", len(stale), folder)
     return stale
-
 
 
 def check_disk_error(exc: OSError, what: Path) -> UserError:

@@ -301,5 +301,3 @@ def prune_checkpoints(output_dir: Path, keep: int | None) -> list[Path]:
     for folder in old:
         shutil.rmtree(folder, ignore_errors=True)
     return old
-
-

@@ -119,13 +119,19 @@ def _db_problem(db_path: Path, exc: sqlite3.Error) -> str:
     (told apart by SQLite's error code, which Python 3.11+ exposes; 3.10 gets the general line)."""
     code = getattr(exc, "sqlite_errorcode", None)
     if code in SQLITE_BUSY_OR_LOCKED:
-        return (f"{db_path} is locked by another program (InvokeAI writing or migrating it) for "
-                f"over {BUSY_TIMEOUT_S:g} s: wait and try again, or pass --model a folder or file.")
+        return (
+            f"{db_path} is locked by another program (InvokeAI writing or migrating it) for "
+            f"over {BUSY_TIMEOUT_S:g} s: wait and try again, or pass --model a folder or file."
+        )
     if code == SQLITE_NOTADB:
-        return (f"{db_path} is not an SQLite database (damaged or replaced): restore it from "
-                "InvokeAI's backup, or pass --model a folder or file.")
-    return (f"{db_path}: the model records cannot be read ({exc}): pass --model a folder or "
-            "file, or repair the database in InvokeAI.")
+        return (
+            f"{db_path} is not an SQLite database (damaged or replaced): restore it from "
+            "InvokeAI's backup, or pass --model a folder or file."
+        )
+    return (
+        f"{db_path}: the model records cannot be read ({exc}): pass --model a folder or "
+        "file, or repair the database in InvokeAI."
+    )
 
 
 def _record(settings: RootSettings, name, base, fmt, path, config) -> RegisteredModel:

@@ -21,7 +21,6 @@ from invokeai_ti.models.tokenizers import load_tokenizers
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class Components:
     """The frozen model parts a run needs; `vae` is None once latents are cached."""
@@ -68,7 +67,9 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def load_components(config: TrainingConfig, source: ModelSource, device: torch.device) -> Components:
+def load_components(
+    config: TrainingConfig, source: ModelSource, device: torch.device
+) -> Components:
     """Load tokenizer(s), text encoder(s), VAE, UNet and the DDPM training scheduler, all frozen."""
     dtype = weight_dtype_for(config.mixed_precision, device)
     if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():

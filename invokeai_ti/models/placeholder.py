@@ -132,8 +132,7 @@ def encode_prompts(
     if len(encoders) == 1:
         return encoders[0](prompt_ids[0])[0], None
     outputs = [
-        encoder(ids, output_hidden_states=True)
-        for encoder, ids in zip(encoders, prompt_ids)
+        encoder(ids, output_hidden_states=True) for encoder, ids in zip(encoders, prompt_ids)
     ]
     hidden = torch.cat([out.hidden_states[-2] for out in outputs], dim=-1)
     pooled = outputs[-1].text_embeds  # [B, projection_dim]
@@ -155,7 +154,9 @@ def sdxl_time_ids(
     and crop.
     """
     if fits is not None:  # buckets: the bucket is the target size, the crop its overhang's half
-        rows = [[h, w, f.crop_top, f.crop_left, f.height, f.width] for (h, w), f in zip(sizes, fits)]
+        rows = [
+            [h, w, f.crop_top, f.crop_left, f.height, f.width] for (h, w), f in zip(sizes, fits)
+        ]
         return torch.tensor(rows, dtype=torch.float32)
     rows = []
     for height, width in sizes:

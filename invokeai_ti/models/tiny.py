@@ -84,7 +84,9 @@ def _text_encoder(family: str, shape: str, seed: int, openclip: bool = False):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     dims = {
-        "tiny": dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2),
+        "tiny": dict(
+            hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2
+        ),
         "sd15": dict(
             hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12
         ),

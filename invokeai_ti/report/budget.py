@@ -52,7 +52,9 @@ class EvaluationBudget:
             return float("inf")
         if not self.trained_steps:
             return 0.0
-        expected = self.train_seconds / self.trained_steps * max(self.planned_steps, self.trained_steps)
+        expected = (
+            self.train_seconds / self.trained_steps * max(self.planned_steps, self.trained_steps)
+        )
         return self.fraction * expected
 
     def fits(self, kind: str, forwards: int, reserve: float = 0.0) -> bool:
@@ -80,4 +82,3 @@ class EvaluationBudget:
         limit = "no limit" if self.fraction is None else f"budget {100 * self.fraction:g} %"
         return (f"{self.spent_seconds:.1f} s, {share:.0f} % of the {self.train_seconds:.1f} s of "
                 f"training ({limit})")  # fmt: skip
-

@@ -15,14 +15,21 @@ def format_plan(run: Any) -> list[str]:
     used = [p.name for p in run.images.paths]
     shown = ", ".join(used[:8]) + (f" and {len(used) - 8} more" if len(used) > 8 else "")
     skipped = "; ".join(f"{p.name} ({why})" for p, why in run.images.skipped) or "none"
-    resume = f"resume from {run.resumed_from} at step {run.progress.step}" if run.resumed_from else "new run"
+    resume = (
+        f"resume from {run.resumed_from} at step {run.progress.step}"
+        if run.resumed_from
+        else "new run"
+    )
     if run.resume_changes:
         resume += f", changed: {'; '.join(run.resume_changes)}"
     steps_per_epoch = -(-run.micro_per_epoch // cfg.gradient_accumulation_steps)
     epochs = -(-run.total_steps // steps_per_epoch)
-    lr_rule = (f"{cfg.learning_rate:g} x batch {cfg.train_batch_size} x accumulation "
-               f"{cfg.gradient_accumulation_steps} x processes {run.world_size}"
-               if cfg.scale_lr else "not scaled")
+    lr_rule = (
+        f"{cfg.learning_rate:g} x batch {cfg.train_batch_size} x accumulation "
+        f"{cfg.gradient_accumulation_steps} x processes {run.world_size}"
+        if cfg.scale_lr
+        else "not scaled"
+    )
     copy = f"; copied to {cfg.root_dir}/embeddings/{cfg.trigger}/" if cfg.copy_to_embeddings else ""
     return [
         f"Dry run OK: model {cfg.model} ({run.components.family}, "
@@ -44,36 +51,52 @@ def learning_options(cfg: Any, target_norms: list[float] | None) -> str:
     """The plan's line for --optimizer, --max_grad_norm, --min_snr_gamma, --noise_offset and
     --embedding_norm, each with what it does in this run."""
     off = "off"
-    norm = ("kept at " + ", ".join(f"{n:.4g}" for n in target_norms) + " (vocabulary mean)"
-            if target_norms else "free")
+    norm = (
+        "kept at " + ", ".join(f"{n:.4g}" for n in target_norms) + " (vocabulary mean)"
+        if target_norms
+        else "free"
+    )
     return (f"Optimizer {cfg.optimizer}; gradient clipping "
             f"{f'at norm {cfg.max_grad_norm:g}' if cfg.max_grad_norm else off}; min-SNR weighting "
             f"{f'gamma {cfg.min_snr_gamma:g}' if cfg.min_snr_gamma else off}; noise offset "
             f"{f'{cfg.noise_offset:g}' if cfg.noise_offset else off}; embedding norm {norm}.")  # fmt: skip
+
+
 def data_plan(run: Any) -> list[str]:
     """The plan's lines on prompts (templates, captions), loss masks and the config file."""
     cfg, prompts, images = run.config, run.prompts, run.images
     captions = "no captions"
     if prompts.captions is not None:
         have = sum(1 for c in prompts.captions if c)
-        how = [f"shuffled after {cfg.keep_tokens} tag(s)" if cfg.shuffle_caption else "",
-               f"dropped for {cfg.caption_dropout_rate:g} of samples" if cfg.caption_dropout_rate else ""]
+        how = [
+            f"shuffled after {cfg.keep_tokens} tag(s)" if cfg.shuffle_caption else "",
+            f"dropped for {cfg.caption_dropout_rate:g} of samples"
+            if cfg.caption_dropout_rate
+            else "",
+        ]
         extra = "; ".join(h for h in how if h)
-        captions = (f"captions from {cfg.caption_extension} files ({have} of {len(prompts.captions)} "
-                    f"images have one{'; ' + extra if extra else ''})")
+        captions = (
+            f"captions from {cfg.caption_extension} files ({have} of {len(prompts.captions)} "
+            f"images have one{'; ' + extra if extra else ''})"
+        )
     example = prompts.text(0, 0)
     masks = "none (every pixel weighs the same)"
     if images.masks is not None:
         source = "alpha channels" if cfg.alpha_mask else f"{cfg.mask_extension} files"
-        masks = (f"{source} of {len(images.paths)} images, mean weight "
-                 f"{float(images.masks.mean()):.2f}")
+        masks = (
+            f"{source} of {len(images.paths)} images, mean weight {float(images.masks.mean()):.2f}"
+        )
         if cfg.masked_prior_preservation_weight:
-            masks += (f"; outside them the prediction is held to the initializer's, weight "
-                      f"{cfg.masked_prior_preservation_weight:g}")
+            masks += (
+                f"; outside them the prediction is held to the initializer's, weight "
+                f"{cfg.masked_prior_preservation_weight:g}"
+            )
     given = f"read from {cfg.config}; " if cfg.config else ""
     bucketed = []
     if images.fits is not None:
-        bucketed = [f"Buckets (width x height): {describe_buckets(images.fits)}; each batch from one."]
+        bucketed = [
+            f"Buckets (width x height): {describe_buckets(images.fits)}; each batch from one."
+        ]
     return [*bucketed,
         f"Prompts: {prompts.num_templates} {prompts.template_source} templates, {captions}; "
         f"e.g. '{example}'.",

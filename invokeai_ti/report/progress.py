@@ -95,7 +95,11 @@ class ProgressReporter:
         if self.format == "json":
             print(json.dumps(step_record(stats)), flush=True)
         else:
-            skipped = f", {stats.nonfinite_steps} skipped (loss not finite)" if stats.nonfinite_steps else ""
+            skipped = (
+                f", {stats.nonfinite_steps} skipped (loss not finite)"
+                if stats.nonfinite_steps
+                else ""
+            )
             print(
                 f"step {stats.step}/{stats.total} loss {stats.loss:.4f} lr {stats.lr:.3g} "
                 f"{stats.steps_per_s:.2f} steps/s eta {format_eta(stats.eta_s)}{skipped}",
@@ -288,7 +292,9 @@ def describe_outputs(progress: Any, files: Any, observed: Any) -> list[str]:
     if files is None:
         return []
     p = progress
-    skipped = f" ({p.nonfinite_steps} updates skipped: loss not finite)" if p.nonfinite_steps else ""
+    skipped = (
+        f" ({p.nonfinite_steps} updates skipped: loss not finite)" if p.nonfinite_steps else ""
+    )
     lines = [f"Trained {p.step} steps{skipped}. Embedding: {files.main}"]
     lines += [f"Also written: {path}" for path in files.others]
     if observed.quality:
@@ -314,4 +320,6 @@ def describe_outputs(progress: Any, files: Any, observed: Any) -> list[str]:
 def output_paths(*records: Any) -> dict[str, Any]:
     """The set fields of result dataclasses, paths as strings, for the final JSON object."""
     fields = {k: v for record in records if record is not None for k, v in asdict(record).items()}
-    return {k: [str(x) for x in v] if isinstance(v, list) else str(v) for k, v in fields.items() if v}
+    return {
+        k: [str(x) for x in v] if isinstance(v, list) else str(v) for k, v in fields.items() if v
+    }

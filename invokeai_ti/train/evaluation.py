@@ -80,7 +80,9 @@ def validation_loss(run: Run, reporter: ProgressReporter) -> None:
     # A new run's first validation also measures the initializer (step 0), the curve's baseline.
     baseline = not p.validation_losses and run.resumed_from is None
     needed = cfg.save_best or cfg.early_stop_patience
-    if not forwards or (not needed and not budget.fits("validation loss", forwards * (1 + baseline))):
+    if not forwards or (
+        not needed and not budget.fits("validation loss", forwards * (1 + baseline))
+    ):
         return
     if baseline:
         loss = measure_validation_loss(run, reporter, run.initial_vectors)
@@ -187,9 +189,13 @@ def final_jobs(run: Run, reporter: ProgressReporter, observed: validation.Observ
                 path = draw_grid(run, reporter, grid_step, vectors)
                 observed.validation_grid = observed.validation_grid or path
             else:
-                skipped.append(f"the grid of step {grid_step} (~{_seconds(budget.cost('grid', forwards))})")
+                skipped.append(
+                    f"the grid of step {grid_step} (~{_seconds(budget.cost('grid', forwards))})"
+                )
     if cfg.quality_report:
-        fitting = [k for k in REPORT_DRAWS_PER_IMAGE if budget.fits("report", report_forwards(run, k))]
+        fitting = [
+            k for k in REPORT_DRAWS_PER_IMAGE if budget.fits("report", report_forwards(run, k))
+        ]
         if fitting:
             write_report(run, reporter, observed, fitting[0])
         else:

@@ -73,7 +73,9 @@ def move_data_position(run: Run, old_batch_size: int, old_repeats: int) -> None:
     an epoch the new settings have already exhausted ends (never a step without samples)."""
     p, cfg = run.progress, run.config
     if (old_batch_size, old_repeats) != (cfg.train_batch_size, cfg.repeats):
-        seen = p.position * old_batch_size * run.world_size  # micro-batches before the last are full
+        seen = (
+            p.position * old_batch_size * run.world_size
+        )  # micro-batches before the last are full
         p.position = -(-seen // (cfg.train_batch_size * run.world_size))
     if p.position >= run.micro_per_epoch:  # also when images were removed from the folder
         p.epoch, p.position = p.epoch + 1, 0

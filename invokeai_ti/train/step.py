@@ -62,7 +62,9 @@ def optimizer_step(run: Run, samples_of_epoch: list[dataset.Sample | None]) -> f
     for micro in range(count):
         samples = dataset.micro_batch(samples_of_epoch, p.position, cfg.train_batch_size,
                                       run.rank, run.world_size)  # fmt: skip
-        generator = torch.Generator().manual_seed(((p.seed * 1_000_003 + p.step) * 1009 + micro) % 2**63)
+        generator = torch.Generator().manual_seed(
+            ((p.seed * 1_000_003 + p.step) * 1009 + micro) % 2**63
+        )
         if samples:
             loss = train_step(run, samples, generator) * (len(samples) / step_samples)
             run.scaler.scale(loss).backward()

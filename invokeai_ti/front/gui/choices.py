@@ -101,5 +101,3 @@ def native_resolution(folder: Path) -> int | None:
 
 def resolution_choices(*preferred: int | None) -> list[int]:
     return sorted({*RESOLUTIONS, *(value for value in preferred if value)})
-
-
