@@ -1,5 +1,6 @@
-"""The shape of the package, as tests: import rules (import-linter), module sizes, a docstring on
-every subpackage, the training loop and setup() within a screenful, no test hooks in the package."""
+"""The shape of the package, as tests: import rules (import-linter), ruff's lint and format, module
+sizes, a docstring on every subpackage, the training loop and setup() within a screenful, no test
+hooks in the package."""
 
 from __future__ import annotations
 
@@ -38,6 +39,16 @@ def test_import_contracts_hold():
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 kept, 0 broken" in result.stdout
+
+
+def test_the_tree_is_ruff_clean():
+    """The style guide's format and lint rules (ruff.toml) on every tracked Python file: a change
+    that drifts from them fails here, not in a reviewer's later clean-up."""
+    root = PACKAGE.parent
+    for command in (["check", "--no-cache", "."], ["format", "--check", "--no-cache", "."]):
+        result = subprocess.run([sys.executable, "-m", "ruff", *command], cwd=root,
+                                capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert result.returncode == 0, f"ruff {' '.join(command)}:\n{result.stdout}{result.stderr}"
 
 
 def test_every_module_stays_under_400_lines():

@@ -14,8 +14,7 @@ from invokeai_ti.errors import TrainingStopped
 from invokeai_ti.files import export, pipeline
 from invokeai_ti.files import lock as output_lock
 from invokeai_ti.invokeai.root import logging_path
-from invokeai_ti.report import plot, progress, validation
-from invokeai_ti.report.plan import format_plan
+from invokeai_ti.report import plan, plot, progress, validation
 from invokeai_ti.report.progress import ProgressReporter, RunResult
 from invokeai_ti.train import evaluation, saving
 from invokeai_ti.train.run import Run
@@ -35,7 +34,7 @@ def train(config: TrainingConfig) -> RunResult:
     with output_lock.hold(config), StopRequest() as stop:
         run = setup(config)
         if config.dry_run:
-            return RunResult(0, format_plan(run))
+            return RunResult(0, plan.format_plan(run))
         p = run.progress
         saving.save_run_config(run)  # before the first step: a crashed run can be repeated too
         reporter = ProgressReporter(config.log_format, run.total_steps, p.step,
