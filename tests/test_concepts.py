@@ -140,6 +140,14 @@ def test_pretraining_script_runs_a_few_steps(tmp_path):
     pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "model"))
     assert pipe.tokenizer.vocab_size == 49408
     assert pipe.vae.config.scaling_factor > 0
+    # Without --pretrain the shipped weights are copied: an option of --pretrain would change
+    # nothing, so it is one line instead of a copy the user takes for a seed-3 model.
+    unused = concepts_command(
+        "model", str(tmp_path / "copy"), "--seed", "3", "--round_share", "0.5"
+    )
+    assert unused.returncode == 2 and unused.stderr.count("\n") == 1, unused.stderr
+    assert "--seed --round_share" in unused.stderr and "--pretrain" in unused.stderr
+    assert not (tmp_path / "copy").exists()
 
 
 def test_pretraining_from_a_scene_pool_stops_at_its_time_budget_and_records_the_step(tmp_path):

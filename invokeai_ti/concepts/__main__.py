@@ -35,28 +35,28 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train it again from --seed instead of copying the shipped weights",
     )
-    model.add_argument("--seed", type=int, default=0)
-    model.add_argument("--vae_steps", type=int, default=None)
-    model.add_argument("--unet_steps", type=int, default=None)
-    model.add_argument("--batch_size", type=int, default=None)
-    model.add_argument("--device", default="cpu", help="cpu (the default; reproducible on any "
-                       "machine) or cuda")  # fmt: skip
-    model.add_argument("--pool_size", type=int, default=0,
+    # --pretrain's options default to None (not given); PretrainSettings holds their defaults.
+    model.add_argument("--seed", type=int, help="(default 0)")
+    model.add_argument("--vae_steps", type=int)
+    model.add_argument("--unet_steps", type=int)
+    model.add_argument("--batch_size", type=int)
+    model.add_argument("--device", help="cpu (the default; reproducible on any machine) or cuda")
+    model.add_argument("--pool_size", type=int,
                        help="render this many scenes once and draw batches from them (for a GPU)")  # fmt: skip
-    model.add_argument("--unet_seconds", type=float, default=0.0,
+    model.add_argument("--unet_seconds", type=float,
                        help="stop the UNet at this wall time; pretrain.json says the step")  # fmt: skip
-    model.add_argument("--snapshot_every", type=int, default=500)
-    model.add_argument("--learning_rate", type=float, default=None)
-    model.add_argument("--generic_share", type=float, default=None,
+    model.add_argument("--snapshot_every", type=int)
+    model.add_argument("--learning_rate", type=float)
+    model.add_argument("--generic_share", type=float,
                        help="how often captions call a named shape 'shape' (default 1/3)")  # fmt: skip
-    model.add_argument("--round_share", type=float, default=None,
+    model.add_argument("--round_share", type=float,
                        help="how often a circle or ring called 'shape' is said to be round "
                        "(default 0, the shipped model)")  # fmt: skip
-    model.add_argument("--round_named", action="store_true",
+    model.add_argument("--round_named", action="store_true", default=None,
                        help="say 'round' of circles called by name too (with --round_share)")  # fmt: skip
-    model.add_argument("--freeze_unet", action="store_true",
+    model.add_argument("--freeze_unet", action="store_true", default=None,
                        help="with --continue_from: train only the text encoder, keep the UNet")  # fmt: skip
-    model.add_argument("--continue_from", type=Path, default=None,
+    model.add_argument("--continue_from", type=Path,
                        help="a pipeline folder to train further (its VAE kept) instead of "
                        "starting from random weights")  # fmt: skip
     from invokeai_ti.concepts.experiment import add_arguments
@@ -77,46 +77,52 @@ def _list() -> None:
         print(concept + note)
 
 
+PRETRAIN_OPTIONS = ("seed", "vae_steps", "unet_steps", "batch_size", "device", "pool_size",
+                    "unet_seconds", "snapshot_every", "learning_rate", "generic_share",
+                    "round_share", "round_named", "freeze_unet", "continue_from")  # fmt: skip
+
+
 def _model(args: argparse.Namespace) -> None:
     from invokeai_ti.concepts.sampling import MODEL_DIR
 
+    given = {
+        name: getattr(args, name) for name in PRETRAIN_OPTIONS if getattr(args, name) is not None
+    }
     if args.dir.exists() and any(args.dir.iterdir()):
         raise UserError(f"{args.dir} exists and is not empty: give a new folder.")
     if not args.pretrain:
+        if given:
+            flags = " ".join(f"--{name}" for name in given)
+            raise UserError(f"{flags}: only with --pretrain; add it to train a model, or leave "
+                            "them out to copy the shipped one.")  # fmt: skip
         shutil.copytree(MODEL_DIR, args.dir, dirs_exist_ok=True)
         print(f"Wrote the pretrained concept-world pipeline to {args.dir}")
         return
-    import torch
-
     from invokeai_ti.concepts.pretrain import PretrainSettings, pretrain
 
-    if args.device == "cpu":
-        torch.set_num_threads(1)  # one thread: the same seed gives the same weights on any CPU
-    elif not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: no CUDA GPU is visible; use --device cpu.")
-    settings = PretrainSettings(seed=args.seed, device=args.device, pool_size=args.pool_size,
-                                unet_seconds=args.unet_seconds,
-                                snapshot_every=args.snapshot_every, freeze_unet=args.freeze_unet,
-                                round_named=args.round_named)  # fmt: skip
-    if args.continue_from is not None:
-        if not (args.continue_from / "unet").is_dir():
-            raise UserError(f"--continue_from {args.continue_from}: not a concept-world pipeline "
-                            "folder (no unet/); give one that `model DIR` wrote.")  # fmt: skip
-        settings.continue_from = str(args.continue_from)
-    elif args.freeze_unet:
+    source = given.pop("continue_from", None)
+    settings = PretrainSettings(**given)
+    if source is not None:
+        if not (source / "unet").is_dir():
+            raise UserError(f"--continue_from {source}: not a concept-world pipeline folder (no "
+                            "unet/); give one that `model DIR` wrote.")  # fmt: skip
+        settings.continue_from = str(source)
+    elif settings.freeze_unet:
         raise UserError("--freeze_unet: a random UNet cannot stay frozen; give --continue_from.")
-    if args.round_named and not args.round_share:
+    if settings.round_named and not settings.round_share:
         raise UserError("--round_named says 'round' of named circles as often as --round_share "
                         "says it of any; give --round_share above 0 with it.")  # fmt: skip
     for name in ("generic_share", "round_share"):
-        if getattr(args, name) is not None and not 0 <= getattr(args, name) <= 1:
-            raise UserError(f"--{name} {getattr(args, name)}: a share of captions, 0 to 1.")
-    for name in ("vae_steps", "unet_steps", "batch_size", "learning_rate", "generic_share",
-                 "round_share"):  # fmt: skip
-        if getattr(args, name) is not None:
-            setattr(settings, name, getattr(args, name))
+        if not 0 <= getattr(settings, name) <= 1:
+            raise UserError(f"--{name} {getattr(settings, name)}: a share of captions, 0 to 1.")
+    import torch
+
+    if settings.device == "cpu":
+        torch.set_num_threads(1)  # one thread: the same seed gives the same weights on any CPU
+    elif not torch.cuda.is_available():
+        raise UserError(f"--device {settings.device}: no CUDA GPU is visible; use --device cpu.")
     pretrain(args.dir, settings)
-    print(f"Pretrained the concept-world pipeline from seed {args.seed} into {args.dir}")
+    print(f"Pretrained the concept-world pipeline from seed {settings.seed} into {args.dir}")
 
 
 def main(argv: list[str] | None = None) -> int:
