@@ -77,16 +77,14 @@ def _list() -> None:
         print(concept + note)
 
 
-PRETRAIN_OPTIONS = ("seed", "vae_steps", "unet_steps", "batch_size", "device", "pool_size",
-                    "unet_seconds", "snapshot_every", "learning_rate", "generic_share",
-                    "round_share", "round_named", "freeze_unet", "continue_from")  # fmt: skip
-
-
 def _model(args: argparse.Namespace) -> None:
     from invokeai_ti.concepts.sampling import MODEL_DIR
 
+    # Every option of `model` but the folder and --pretrain itself is a PretrainSettings field.
     given = {
-        name: getattr(args, name) for name in PRETRAIN_OPTIONS if getattr(args, name) is not None
+        name: value
+        for name, value in vars(args).items()
+        if name not in ("command", "dir", "pretrain") and value is not None
     }
     if args.dir.exists() and any(args.dir.iterdir()):
         raise UserError(f"{args.dir} exists and is not empty: give a new folder.")
